@@ -1,0 +1,1 @@
+"""One module per `engine` subcommand; each has HELP, configure(parser) and run(args) -> exit code."""
