@@ -140,6 +140,8 @@ class SpeechStarted(Input):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpeechStopped(Input):
     source: str = "vad"
+    #: When the speech really ended (the VAD reports the stop only after its hangover): latency's origin.
+    end_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -84,8 +84,10 @@ class Tool(Strict):
 
     @model_validator(mode="after")
     def _one_target(self) -> Tool:
-        if (self.webhook is None) == (self.function is None):
-            raise ValueError("a tool needs exactly one of `webhook` or `function`")
+        if self.webhook is not None and self.function is not None:
+            raise ValueError("a tool takes one of `webhook` or `function`, not both")
+        if self.webhook is None and self.function is None:
+            raise ValueError("a tool needs a `webhook` or a `function`")
         return self
 
 

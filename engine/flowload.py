@@ -1,0 +1,535 @@
+"""Loading flows from YAML, with every error as ``file:line:column key.path: message``.
+
+Rules:
+- Parse with ``yaml.compose`` (nodes keep their marks), build plain data ourselves, validate with pydantic,
+  then run the semantic checks; every problem of a file is reported at once, sorted by position.
+- Mapping keys are the YAML source text: ``1: billing`` and ``true: confirm`` give the keys "1" and
+  "true" (YAML 1.1 would give an int and a bool), which is what a DTMF digit or a JSON result reads as.
+- A plain scalar where a string is expected (``to: +15550100``, ``voice: 2024``) is taken as its source
+  text; quoting is never needed to keep a leading "+" or zeros.
+- ``${VAR}`` and ``${VAR:-default}`` in string values come from the environment; ``$${`` is a literal
+  ``${``. No message ever quotes a value, so nothing from the environment reaches the output.
+- Bad input never raises anything but FlowError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine.flow import Flow
+
+Loc = tuple[str | int, ...]
+
+_MERGE = "tag:yaml.org,2002:merge"
+_TEXT_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp")}
+_MAX_NODES = 100_000  # alias bombs: a flow is a few hundred nodes
+_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VAR = re.compile(r"([A-Za-z_]\w*)(?::-(.*))?", re.S)
+_PLAIN_KEY = re.compile(r"[\w*#+-]+")
+_DTMF = set("0123456789*#")
+_URL = re.compile(r"https?://[^/\s]", re.I)
+_TYPE_WORDS = {
+    "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "a list",
+    "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "model_attributes_type": "a mapping", "dataclass_type": "a mapping", "none_required": "null",
+}
+_ENV_MSG = ("environment variable ", "bad ${...} reference")
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+class FlowError(ValueError):
+    """A flow file that can't be used; ``errors`` holds one formatted line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass
+class Report:
+    path: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    flow: Flow | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def load_flow(path: str | os.PathLike[str]) -> Flow:
+    report = check_flow(path)
+    if report.flow is None:
+        raise FlowError(report.errors)
+    return report.flow
+
+
+def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Report:
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Report(name, [f"{name}: no such file"])
+    except IsADirectoryError:
+        return Report(name, [f"{name}: is a directory, not a flow file"])
+    except UnicodeDecodeError:
+        return Report(name, [f"{name}: not UTF-8 text"])
+    except OSError as exc:
+        return Report(name, [f"{name}: cannot read ({exc.strerror})"])
+    return check_text(text, name, env)
+
+
+def check_text(text: str, name: str = "<flow>", env: Mapping[str, str] | None = None) -> Report:
+    return _Loader(name, os.environ if env is None else env).run(text)
+
+
+def dump_flow(flow: Flow) -> str:
+    """YAML that loads back to an equal flow (non-default fields only; ``${`` escaped)."""
+
+    def escape(v: Any) -> Any:
+        if isinstance(v, str):
+            return v.replace("${", "$${")
+        if isinstance(v, dict):
+            return {k: escape(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [escape(x) for x in v]
+        return v
+
+    data = escape(flow.model_dump(mode="json", exclude_defaults=True))
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# ------------------------------------------------------------------------------------ the loader
+
+
+@dataclass(frozen=True, order=True)
+class _Issue:
+    line: int
+    column: int
+    path: str
+    message: str
+    loc: Loc = field(default=(), compare=False)
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _Loader:
+    def __init__(self, name: str, env: Mapping[str, str]) -> None:
+        self.name, self.env = name, env
+        self.errors: list[_Issue] = []
+        self.warnings: list[_Issue] = []
+        self.env_failed: set[Loc] = set()
+        self.root: yaml.Node | None = None
+        self.ctor = yaml.constructor.SafeConstructor()
+        self.count = 0
+
+    def run(self, text: str) -> Report:
+        report = Report(self.name)
+        try:
+            self.root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            m = exc.problem_mark or exc.context_mark
+            where = f"{self.name}:{m.line + 1}:{m.column + 1}" if m else self.name
+            return Report(self.name, [f"{where} YAML syntax error: {exc.problem or exc.context}"])
+        except yaml.YAMLError as exc:
+            return Report(self.name, [f"{self.name}: YAML error: {exc}"])
+        if self.root is None or (isinstance(self.root, yaml.ScalarNode) and self.root.value == ""):
+            return Report(self.name, [f"{self.name}: empty file (a flow needs at least `name`)"])
+        if not isinstance(self.root, yaml.MappingNode):
+            kind = "a list" if isinstance(self.root, yaml.SequenceNode) else "a single value"
+            m = self.root.start_mark
+            return Report(self.name, [f"{self.name}:{m.line + 1}:{m.column + 1} the top level must be a "
+                                      f"mapping (name: ..., greeting: ...), not {kind}"])
+        try:
+            data = self.build(self.root, (), frozenset())
+        except (_TooBig, RecursionError):
+            return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
+        flow = self.validate(data)
+        _Checks(data, self.error, self.warn).run()
+        # a value whose ${VAR} failed stays unexpanded: only the env error about it is worth showing
+        errors = [i for i in self.errors if i.loc not in self.env_failed or i.message.startswith(_ENV_MSG)]
+        report.errors = list(dict.fromkeys(self.format(i) for i in sorted(errors)))
+        report.warnings = list(dict.fromkeys(self.format(i) for i in sorted(self.warnings)))
+        report.flow = None if report.errors else flow
+        return report
+
+    def format(self, i: _Issue) -> str:
+        return f"{self.name}:{i.line}:{i.column} " + (f"{i.path}: {i.message}" if i.path else i.message)
+
+    # ----------------------------------------------------------------------------- building data
+
+    def pairs(self, node: yaml.MappingNode, blame: Loc | None = None,
+              seen: frozenset[int] = frozenset()) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """Key text -> (key node, value node), ``<<`` merges included; problems go to ``blame``, if given."""
+        own: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE:
+                for src in vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]:
+                    if isinstance(src, yaml.MappingNode) and id(src) not in seen:
+                        for k, pair in self.pairs(src, None, seen | {id(node)}).items():
+                            merged.setdefault(k, pair)  # the earlier source wins, as YAML's merge says
+                    elif blame is not None:
+                        self.error(blame, "`<<` must merge a mapping", node=knode)
+            elif not isinstance(knode, yaml.ScalarNode):
+                if blame is not None:
+                    self.error(blame, "keys must be plain strings", node=knode)
+            else:
+                if knode.value in own and blame is not None:
+                    self.error((*blame, knode.value), f"duplicate key '{knode.value}'", node=knode)
+                own[knode.value] = (knode, vnode)
+        return {**merged, **own}
+
+    def build(self, node: yaml.Node, path: Loc, stack: frozenset[int]) -> Any:
+        self.count += 1
+        if self.count > _MAX_NODES:
+            raise _TooBig
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                value = self.ctor.construct_object(node)
+            except yaml.YAMLError:
+                self.error(path, f"unsupported YAML tag {node.tag}")
+                return node.value
+            return self.expand(value, path) if isinstance(value, str) and "${" in value else value
+        if id(node) in stack:
+            self.error(path, "a recursive alias (`*name` inside its own anchor)")
+            return None
+        inner = stack | {id(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(n, (*path, i), inner) for i, n in enumerate(node.value)]
+        assert isinstance(node, yaml.MappingNode)
+        return {k: self.build(v, (*path, k), inner) for k, (_, v) in self.pairs(node, path).items()}
+
+    def expand(self, text: str, path: Loc) -> str:
+        """``${VAR}`` / ``${VAR:-default}`` from the environment; ``$${`` is a literal ``${``."""
+        problems: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            ref = _VAR.fullmatch(m.group(1) or "")
+            if m.group(1) is None or ref is None:
+                problems.append(_ENV_MSG[1] + ": write ${NAME} or ${NAME:-default}, and $${ for a literal ${")
+                return m.group(0)
+            value = self.env.get(ref.group(1))
+            if ref.group(2) is not None:
+                return value or ref.group(2)  # `:-`: unset or empty takes the default, as in sh
+            if value is None:
+                problems.append(f"{_ENV_MSG[0]}{ref.group(1)} is not set")
+                return m.group(0)
+            return value
+
+        result = _REF.sub(sub, text)
+        for problem in dict.fromkeys(problems):
+            self.env_failed.add(path)
+            self.error(path, problem)
+        return text if problems else result
+
+    # ------------------------------------------------------------------------------------ pydantic
+
+    def validate(self, data: dict[str, Any]) -> Flow | None:
+        for _ in range(4):  # each pass turns plain scalars into their text where a string was wanted
+            try:
+                return Flow.model_validate(data)
+            except ValidationError as exc:
+                errors = exc.errors(include_url=False)
+            if not any([self.as_text(data, e) for e in errors if e["type"] == "string_type"]):
+                break
+        for path, message in _collapse(errors):
+            self.error(path, message)
+        return None
+
+    def as_text(self, data: Any, err: Mapping[str, Any]) -> bool:
+        path = _walk(err["loc"])[0]
+        node, _ = self.locate(path)
+        if not (path and isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in _TEXT_TAGS):
+            return False
+        for step in path[:-1]:
+            data = data[step]
+        data[path[-1]] = node.value
+        return True
+
+    # ----------------------------------------------------------------------------------- positions
+
+    def locate(self, path: Loc) -> tuple[yaml.Node | None, yaml.Mark]:
+        """The node at ``path`` (None if absent) and where to point: its key, its list item, or the
+        nearest parent that exists (a missing key is blamed on the mapping that lacks it)."""
+        node = self.root
+        assert node is not None
+        mark = node.start_mark
+        for step in path:
+            if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+                pair = self.pairs(node).get(step)
+                if pair is None:
+                    return None, mark
+                mark, node = pair[0].start_mark, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+                node = node.value[step]
+                mark = node.start_mark
+            else:
+                return None, mark
+        return node, mark
+
+    def error(self, path: Loc, message: str, at: Loc | None = None, node: yaml.Node | None = None) -> None:
+        m = node.start_mark if node is not None else self.locate(path if at is None else at)[1]
+        self.errors.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path))
+
+    def warn(self, path: Loc, message: str) -> None:
+        m = self.locate(path)[1]
+        self.warnings.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path))
+
+
+def format_path(path: Loc) -> str:
+    out = ""
+    for step in path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        else:
+            out += ("." if out else "") + (step if _PLAIN_KEY.fullmatch(step) else json.dumps(step))
+    return out
+
+
+# ----------------------------------------------------------------------- pydantic errors -> text
+
+
+def _unwrap(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return tp
+
+
+def _fields(tp: Any) -> dict[str, Any] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {n: f.annotation for n, f in tp.model_fields.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return typing.get_type_hints(tp)
+    return None
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[Loc, list[tuple[int, str]], Any]:
+    """Follow a pydantic ``loc`` through Flow's types: the data path, the union tags met, the parent type."""
+    tp: Any = Flow
+    path: list[str | int] = []
+    tags: list[tuple[int, str]] = []
+    parent: Any = None
+    for step in loc:
+        tp = _unwrap(tp)
+        if typing.get_origin(tp) in (Union, types.UnionType):  # pydantic names the union member tried
+            tags.append((len(path), str(step)))
+            members = [a for a in typing.get_args(tp) if getattr(a, "__name__", repr(a)) == step]
+            tp = members[0] if members else Any
+            continue
+        parent = tp
+        fields = _fields(tp)
+        origin = typing.get_origin(tp)
+        if step == "[key]":
+            continue
+        path.append(step)
+        if fields is not None:
+            tp = fields.get(step, Any)
+        elif origin is dict:
+            tp = typing.get_args(tp)[1]
+        elif origin in (list, tuple):
+            tp = typing.get_args(tp)[0]
+        else:
+            tp = Any
+    return tuple(path), tags, parent
+
+
+def _message(err: Mapping[str, Any], parent: Any, path: Loc) -> str:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        key = str(path[-1])
+        allowed = list(_fields(_unwrap(parent)) or ())
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
+        return f"unknown key '{key}' ({hint})"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        return "must be one of: " + ", ".join(re.findall(r"'((?:[^'\\]|\\.)*)'", ctx.get("expected", "")))
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}"
+    if kind in _BOUNDS:
+        return f"must be {_BOUNDS[kind]} {next(iter(ctx.values()))}"
+    if kind == "string_pattern_mismatch" and path and path[-1] == "function":
+        return "must look like module:function (e.g. myapp.tools:lookup)"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    msg = msg.replace("Input should be", "must be").replace("String should", "must")
+    return msg[:1].lower() + msg[1:]
+
+
+def _collapse(errors: list[Any]) -> list[tuple[Loc, str]]:
+    """One message per problem: of a union's members, keep the ones the value had the shape of."""
+    plain: list[tuple[Loc, str]] = []
+    unions: dict[Loc, dict[str, list[tuple[Loc, str, bool]]]] = {}
+    for err in errors:
+        path, tags, parent = _walk(err["loc"])
+        msg = _message(err, parent, path)
+        if not tags:
+            plain.append((path, msg))
+            continue
+        depth, tag = tags[0]
+        shape = len(path) == depth and err["type"] in _TYPE_WORDS  # the value wasn't this member's type
+        unions.setdefault(path[:depth], {}).setdefault(tag, []).append((path, msg, shape))
+    for at, branches in unions.items():
+        fitting = {t: errs for t, errs in branches.items() if not all(s for _, _, s in errs)}
+        if fitting:
+            plain.extend((p, m) for errs in fitting.values() for p, m, _ in errs)
+        else:
+            words = [m.removeprefix("must be ") for errs in branches.values() for _, m, _ in errs]
+            plain.append((at, "must be " + " or ".join(dict.fromkeys(words))))
+    return plain
+
+
+
+
+# ----------------------------------------------------------------------------------- semantic rules
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"no {kind} named '{name}' (did you mean '{close[0]}'?)"
+    return f"no {kind} named '{name}' ({kind}s: {', '.join(known)})" if known else f"no {kind} named '{name}'"
+
+
+class _Checks:
+    """What pydantic can't see: names that must point at each other, and nodes no call can reach or leave.
+
+    Works on the raw data, skipping anything of the wrong shape (pydantic has reported that already), so a
+    file with schema errors still gets its reference errors in the same run.
+    """
+
+    def __init__(self, data: dict[str, Any], error: Any, warn: Any) -> None:
+        self.d, self.error, self.warn = data, error, warn
+        self.tools = data["tools"] if isinstance(data.get("tools"), dict) else {}
+        self.nodes = data["nodes"] if isinstance(data.get("nodes"), dict) else {}
+
+    def run(self) -> None:
+        for name, tool in self.tools.items():
+            if name == "goto":
+                self.error(("tools", name), "'goto' is reserved: it is the built-in tool that moves nodes")
+            webhook = tool.get("webhook") if isinstance(tool, dict) else None
+            url = webhook.get("url") if isinstance(webhook, dict) else None
+            if isinstance(url, str) and not _URL.match(url):
+                self.error(("tools", name, "webhook", "url"), "must be an http:// or https:// URL")
+        self.turn_taking(self.d.get("turn_taking"), ("turn_taking",))
+        local = self.d.get("local")
+        replies = local.get("replies") if isinstance(local, dict) else None
+        for i, reply in enumerate(replies if isinstance(replies, list) else []):
+            tool = reply.get("tool") if isinstance(reply, dict) else None
+            if isinstance(tool, str) and tool != "goto" and tool not in self.tools:
+                self.error(("local", "replies", i, "tool"), _unknown("tool", tool, list(self.tools)))
+        self.graph()
+
+    def turn_taking(self, value: Any, path: Loc) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "pattern" and isinstance(v, str):
+                    try:
+                        re.compile(v)
+                    except re.error as exc:
+                        self.error((*path, k), f"not a valid regular expression ({exc})")
+                self.turn_taking(v, (*path, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.turn_taking(v, (*path, i))
+        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            self.error(path, "must be >= 0")
+
+    def target(self, path: Loc, name: Any) -> str | None:
+        if not isinstance(name, str):
+            return None
+        if name not in self.nodes:
+            self.error(path, _unknown("node", name, list(self.nodes)))
+            return None
+        return name
+
+    def edges(self, name: str, node: dict[str, Any]) -> list[str | None]:
+        at: Loc = ("nodes", name)
+        out: list[str | None] = []
+        tools = node.get("tools")
+        for i, tool in enumerate(tools if isinstance(tools, list) else []):
+            if tool == "goto":
+                self.error((*at, "tools", i), "'goto' is built in: list the nodes it may reach under `goto`")
+            elif isinstance(tool, str) and tool not in self.tools:
+                self.error((*at, "tools", i), _unknown("tool", tool, list(self.tools)))
+        on_tool = node.get("on_tool")
+        for tool, route in (on_tool.items() if isinstance(on_tool, dict) else ()):
+            here = (*at, "on_tool", tool)
+            if tool not in self.tools:
+                self.error(here, _unknown("tool", tool, list(self.tools)))
+            if not isinstance(route, dict):
+                out.append(self.target(here, route))
+                continue
+            cases = route.get("cases")
+            if isinstance(cases, dict):
+                if cases and not route.get("field"):
+                    self.error((*here, "cases"), "needs `field`: the result field the cases are values of")
+                out += [self.target((*here, "cases", k), v) for k, v in cases.items()]
+            if route.get("default") is not None:
+                out.append(self.target((*here, "default"), route["default"]))
+        on_dtmf = node.get("on_dtmf")
+        for key, dest in (on_dtmf.items() if isinstance(on_dtmf, dict) else ()):
+            if len(key) != 1 or key not in _DTMF:
+                self.error((*at, "on_dtmf", key), "must be one DTMF key: 0-9, * or #")
+            out.append(self.target((*at, "on_dtmf", key), dest))
+        goto = node.get("goto") if isinstance(node.get("goto"), list) else []
+        out += [self.target((*at, "goto", i), g) for i, g in enumerate(goto)]
+        if node.get("end") is not None and node.get("transfer") is not None:
+            self.error((*at, "transfer"), "a node either ends the call (`end`) or transfers it, not both")
+        return out
+
+    def graph(self) -> None:
+        start = self.d.get("start_node")
+        if not self.nodes:
+            if isinstance(start, str):
+                self.error(("start_node",), f"no node named '{start}' (the flow has no `nodes`)")
+            return
+        if start is None:
+            self.error(("start_node",), "required when `nodes` are given", at=("nodes",))
+        start = self.target(("start_node",), start)
+        edges: dict[str, list[str]] = {}
+        for name, node in self.nodes.items():
+            if not isinstance(node, dict):
+                continue
+            edges[name] = [t for t in self.edges(name, node) if t is not None]
+            leaves = any(node.get(k) for k in ("on_tool", "on_dtmf", "goto", "tools"))
+            if not leaves and node.get("end") is None and node.get("transfer") is None:
+                self.warn(("nodes", name), "dead end: no transitions, no tools and no `end` or `transfer`")
+        if start is None:
+            return
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), []):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        for name in self.nodes:
+            if name not in seen:
+                self.warn(("nodes", name), f"unreachable from start_node '{start}'")
