@@ -83,13 +83,9 @@ def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = Non
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Report(name, [f"{name}: no such file"])
-    except IsADirectoryError:
-        return Report(name, [f"{name}: is a directory, not a flow file"])
     except UnicodeDecodeError:
         return Report(name, [f"{name}: not UTF-8 text"])
-    except OSError as exc:
+    except OSError as exc:  # "No such file or directory", "Is a directory", "Permission denied"
         return Report(name, [f"{name}: cannot read ({exc.strerror})"])
     return check_text(text, name, env)
 
@@ -106,9 +102,7 @@ def dump_flow(flow: Flow) -> str:
             return v.replace("${", "$${")
         if isinstance(v, dict):
             return {k: escape(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [escape(x) for x in v]
-        return v
+        return [escape(x) for x in v] if isinstance(v, list) else v
 
     data = escape(flow.model_dump(mode="json", exclude_defaults=True))
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
@@ -484,6 +478,8 @@ class _Checks:
             here = (*at, "on_tool", tool)
             if tool not in self.tools:
                 self.error(here, _unknown("tool", tool, list(self.tools)))
+            elif isinstance(tools, list) and tool not in tools:  # a node offers the LLM only its own tools
+                self.error(here, f"'{tool}' is not in this node's `tools`, so this route never fires")
             if not isinstance(route, dict):
                 out.append(self.target(here, route))
                 continue

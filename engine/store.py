@@ -201,7 +201,10 @@ class SqliteStore(Store):
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path}: no such file")
         target = self.path.resolve().as_uri() + "?mode=ro" if readonly else str(self.path)
-        conn = sqlite3.connect(target, uri=readonly)
+        try:
+            conn = sqlite3.connect(target, uri=readonly)
+        except sqlite3.Error as exc:  # e.g. a directory that does not exist
+            raise StoreError(f"{self.path}: cannot open ({exc})") from None
         try:
             self._db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
             if not readonly:

@@ -1,0 +1,64 @@
+"""`engine call SCRIPT`: run one scripted call offline (virtual clock), log it, print its transcript."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from callstate.flows import FlowError, resolve_flow
+from callstate.logs import DEFAULT_DB
+from callstate.report import transcript, turn_table, turns
+from engine.offline import OfflineCall, OfflineResult
+from engine.script import ScriptError, load_script
+from engine.store import SqliteStore, StoreError
+
+HELP = "run a scripted call offline, log it to the DB, print transcript and latencies"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("script", help="a call script (YAML): caller turns, latencies, canned tools")
+    p.add_argument("--flow", help="the flow to run (default: the script's `flow:`, else the built-in one)")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--call-id", help="id for the logged call (default: a fresh one)")
+
+
+async def run_offline(flow_path: str | None, script_path: str, db: str, call_id: str) -> tuple[OfflineResult, object]:
+    from adapters.tools import ToolRunner
+
+    script = load_script(script_path)
+    if flow_path is None and script.flow:
+        flow_path = str(Path(script_path).parent / script.flow)
+    flow = resolve_flow(flow_path)
+    store = SqliteStore(db)
+    runner = ToolRunner(flow.tools)
+    try:
+        store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), flow=flow.name,
+                        meta={"flow": flow.model_dump(mode="json"), "script": str(script_path), "mode": "offline"})
+        call = OfflineCall(flow, script, call_id=call_id, tool_runner=runner.call,
+                           on_event=lambda e: store.append(call_id, e))
+        result = await call.run()
+        store.close_call(call_id, outcome=result.outcome, ended_t_ms=result.log[-1].t_ms,
+                         turns=len(turns(flow, result.log)))
+    finally:
+        await runner.close()
+        store.close()
+    return result, flow
+
+
+def run(args: argparse.Namespace) -> int:
+    call_id = args.call_id or f"call-{uuid.uuid4().hex[:10]}"
+    try:
+        result, flow = asyncio.run(run_offline(args.flow, args.script, args.db, call_id))
+    except (ScriptError, FlowError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(transcript(flow, result.log)))  # type: ignore[arg-type]
+    print()
+    print("\n".join(turn_table(turns(flow, result.log))))  # type: ignore[arg-type]
+    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}) to {args.db}")
+    print(f"replay it: engine replay {call_id} --db {args.db}")
+    return 0

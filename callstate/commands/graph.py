@@ -1,0 +1,127 @@
+"""`engine graph [FLOW]`: Mermaid diagrams of the call machine and of a flow's nodes.
+
+The state diagram is drawn from ``engine.machine.TRANSITIONS`` and nothing else, so it can't drift
+from the machine; the flowchart is drawn from the flow's nodes and their transitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+HELP = "print Mermaid diagrams: the call states, and a flow's nodes"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("flow", nargs="?", metavar="FLOW", help="flow YAML file (adds the node flowchart)")
+    parser.add_argument("--only", choices=["states", "nodes"], help="print one diagram only")
+    parser.add_argument("--markdown", action="store_true", help="wrap each diagram in a ```mermaid fence")
+
+
+def _states_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
+        for s in [*sources, row.get("dest")]:
+            if isinstance(s, str) and s != "*":
+                seen.setdefault(s)
+    return list(seen)
+
+
+def render_states(transitions: list[Mapping[str, Any]], initial: str | None = None) -> str:
+    """``stateDiagram-v2`` from a transitions table: source may be a state, a list, or "*" (every state)."""
+    states = _states_of(transitions)
+    lines = ["stateDiagram-v2"]
+    if initial:
+        lines.append(f"    [*] --> {initial}")
+    leaving: set[str] = set()
+    for row in transitions:
+        dest = row.get("dest")
+        source = row["source"]
+        sources = [s for s in states if s != dest] if source == "*" else (
+            source if isinstance(source, list) else [source])
+        label = row["trigger"]
+        conditions = row.get("conditions")
+        if conditions:
+            label += " [" + ", ".join([conditions] if isinstance(conditions, str) else conditions) + "]"
+        for s in sources:
+            leaving.add(s)
+            lines.append(f"    {s} --> {dest or s}: {label}")  # dest None is an internal transition
+    lines += [f"    {s} --> [*]" for s in states if s not in leaving]
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', "#quot;") + '"'
+
+
+def render_nodes(flow: Any) -> str:
+    """``flowchart TD`` of a flow's nodes: edges labelled by tool (and result case), DTMF key or goto."""
+    ids = {name: f"n{i}_{re.sub(r'[^A-Za-z0-9_]', '_', name)}" for i, name in enumerate(flow.nodes)}
+    lines = ["flowchart TD", "    start((start))"]
+    for name, nid in ids.items():
+        lines.append(f"    {nid}[{_quote(name)}]")
+    if flow.start_node in ids:
+        lines.append(f"    start --> {ids[flow.start_node]}")
+
+    def edge(src: str, label: str, dest: str) -> None:
+        if dest in ids:
+            lines.append(f"    {ids[src]} -->|{_quote(label)}| {ids[dest]}")
+
+    for name, node in flow.nodes.items():
+        for tool, route in node.on_tool.items():
+            if isinstance(route, str):
+                edge(name, tool, route)
+                continue
+            for case, dest in route.cases.items():
+                edge(name, f"{tool}: {route.field} = {case}", dest)
+            if route.default:
+                edge(name, f"{tool}: default", route.default)
+        for key, dest in node.on_dtmf.items():
+            edge(name, f"DTMF {key}", dest)
+        for dest in node.goto:
+            edge(name, "goto", dest)
+        if node.end is not None:
+            lines.append(f"    {ids[name]} --> {ids[name]}_end(((end)))")
+        if node.transfer is not None:
+            lines.append(f"    {ids[name]} --> {ids[name]}_xfer[/{_quote('transfer ' + node.transfer.to)}/]")
+    return "\n".join(lines)
+
+
+def _machine() -> tuple[list[Mapping[str, Any]], str | None]:
+    from engine import machine  # imported here: the machine module is the one source of the table
+
+    states = getattr(machine, "CallState", None)
+    return machine.TRANSITIONS, (next(iter(states)).value if states is not None else None)
+
+
+def run(args: argparse.Namespace) -> int:
+    diagrams: list[str] = []
+    if args.only != "nodes":
+        try:
+            transitions, initial = _machine()
+        except ImportError as exc:
+            print(f"engine graph: can't import engine.machine ({exc})", file=sys.stderr)
+            return 1
+        diagrams.append(render_states(transitions, initial))
+    if args.flow and args.only != "states":
+        from engine.flowload import FlowError, load_flow
+
+        try:
+            flow = load_flow(args.flow)
+        except FlowError as exc:
+            print("\n".join(exc.errors), file=sys.stderr)
+            return 1
+        if flow.nodes:
+            diagrams.append(render_nodes(flow))
+    elif args.only == "nodes":
+        print("engine graph --only nodes: give a FLOW", file=sys.stderr)
+        return 2
+    for i, diagram in enumerate(diagrams):
+        print("```mermaid\n" + diagram + "\n```" if args.markdown else diagram)
+        if i < len(diagrams) - 1:
+            print()
+    return 0

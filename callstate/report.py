@@ -1,0 +1,66 @@
+"""Plain-text views of a call for the terminal: the transcript with states, and the per-turn latencies."""
+
+from __future__ import annotations
+
+from engine import events as ev
+from engine.flow import Flow
+from replay.turns import Turn, percentile, steps, turns
+
+
+def transcript(flow: Flow, log: list[ev.Event]) -> list[str]:
+    lines = []
+    for st in steps(flow, log):
+        e, t = st.event, f"{st.event.t_ms / 1000:7.2f}s"
+        state = f"[{st.after}]" if st.after != st.before else ""
+        if isinstance(e, ev.Transcript) and e.is_final:
+            lines.append(f"{t}  caller: {e.text} {state}".rstrip())
+        elif isinstance(e, ev.Dtmf):
+            lines.append(f"{t}  caller pressed {e.digit} {state}".rstrip())
+        elif isinstance(e, ev.CallEnded):
+            lines.append(f"{t}  call ended ({e.reason})")
+        for x in st.effects:
+            if isinstance(x, ev.Speak):
+                tag = "" if x.purpose == "reply" else f" ({x.purpose})"
+                lines.append(f"{t}  agent{tag}: {x.text} {state}".rstrip())
+                state = ""
+            elif isinstance(x, ev.ClearPlayback):
+                lines.append(f"{t}  -- barge-in: playback cleared {state}".rstrip())
+                state = ""
+            elif isinstance(x, ev.CallTool):
+                lines.append(f"{t}  tool {x.name}({x.arguments})")
+            elif isinstance(x, (ev.Hangup, ev.Transfer)):
+                what = f"transfer to {x.to}" if isinstance(x, ev.Transfer) else f"hang up ({x.reason})"
+                lines.append(f"{t}  agent: {what}")
+            elif isinstance(x, ev.EnterNode):
+                lines.append(f"{t}  -> node {x.node}")
+        if isinstance(e, ev.ToolResult):
+            lines.append(f"{t}  tool {e.name} -> {'ok' if e.ok else e.error}: {e.body[:80]}")
+        if state and not isinstance(e, ev.Transcript):
+            lines.append(f"{t}  {state}")
+    return lines
+
+
+def _ms(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+def turn_table(ts: list[Turn]) -> list[str]:
+    head = f"{'turn':>4}  {'caller':<34} {'stt':>5} {'endpt':>5} {'llm':>5} {'clause':>6} {'tts':>5} {'v2v ms':>7}  notes"
+    lines = [head, "-" * len(head)]
+    for t in ts:
+        p = t.parts()
+        notes = ", ".join(x for x in (
+            "filler" if t.filler else "", "barge-in" if t.barge_in else "",
+            f"tools: {', '.join(t.tools)}" if t.tools else "") if x)
+        caller = t.caller if len(t.caller) <= 34 else t.caller[:31] + "..."
+        lines.append(f"{t.index:>4}  {caller:<34} {_ms(p['stt_final_ms']):>5} {_ms(p['endpointing_ms']):>5} "
+                     f"{_ms(p['llm_first_token_ms']):>5} {_ms(p['first_clause_ms']):>6} "
+                     f"{_ms(p['tts_first_byte_ms']):>5} {_ms(t.voice_to_voice_ms):>7}  {notes}")
+    v2v = [t.voice_to_voice_ms for t in ts if t.voice_to_voice_ms is not None]
+    if v2v:
+        lines.append(f"voice-to-voice: p50 {percentile(v2v, 0.5)} ms, p90 {percentile(v2v, 0.9)} ms, "
+                     f"max {max(v2v)} ms over {len(v2v)} turns")
+    return lines
+
+
+__all__ = ["transcript", "turn_table", "turns"]
