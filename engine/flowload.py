@@ -48,7 +48,6 @@ _TYPE_WORDS = {
     "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
     "model_attributes_type": "a mapping", "dataclass_type": "a mapping", "none_required": "null",
 }
-_ENV_MSG = ("environment variable ", "bad ${...} reference")
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
 
@@ -118,6 +117,7 @@ class _Issue:
     path: str
     message: str
     loc: Loc = field(default=(), compare=False)
+    primary: bool = field(default=False, compare=False)  # about the source text itself, not its meaning
 
 
 class _TooBig(Exception):
@@ -129,7 +129,7 @@ class _Loader:
         self.name, self.env = name, env
         self.errors: list[_Issue] = []
         self.warnings: list[_Issue] = []
-        self.env_failed: set[Loc] = set()
+        self.unbuilt: set[Loc] = set()  # values kept as written (a failed ${VAR}, a bad tag)
         self.root: yaml.Node | None = None
         self.ctor = yaml.constructor.SafeConstructor()
         self.count = 0
@@ -139,9 +139,14 @@ class _Loader:
         try:
             self.root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            m = exc.problem_mark or exc.context_mark
+            m, cm = exc.problem_mark or exc.context_mark, exc.context_mark
+            problem, context = exc.problem, exc.context
             where = f"{self.name}:{m.line + 1}:{m.column + 1}" if m else self.name
-            return Report(self.name, [f"{where} YAML syntax error: {exc.problem or exc.context}"])
+            if problem and problem.startswith("but ") and context:  # PyYAML splits "expected X, but found Y"
+                problem, context = f"{context}, {problem}", None
+            if problem and context and cm:
+                problem += f" ({context} at {cm.line + 1}:{cm.column + 1})"
+            return Report(self.name, [f"{where} YAML syntax error: {problem or context}"])
         except yaml.YAMLError as exc:
             return Report(self.name, [f"{self.name}: YAML error: {exc}"])
         if self.root is None or (isinstance(self.root, yaml.ScalarNode) and self.root.value == ""):
@@ -157,8 +162,8 @@ class _Loader:
             return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
         flow = self.validate(data)
         _Checks(data, self.error, self.warn).run()
-        # a value whose ${VAR} failed stays unexpanded: only the env error about it is worth showing
-        errors = [i for i in self.errors if i.loc not in self.env_failed or i.message.startswith(_ENV_MSG)]
+        # a value that couldn't be built stays as written: only the error that says why is worth showing
+        errors = [i for i in self.errors if i.primary or i.loc not in self.unbuilt]
         report.errors = list(dict.fromkeys(self.format(i) for i in sorted(errors)))
         report.warnings = list(dict.fromkeys(self.format(i) for i in sorted(self.warnings)))
         report.flow = None if report.errors else flow
@@ -199,11 +204,11 @@ class _Loader:
             try:
                 value = self.ctor.construct_object(node)
             except yaml.YAMLError:
-                self.error(path, f"unsupported YAML tag {node.tag}")
+                self.fail(path, f"unsupported YAML tag {node.tag}")
                 return node.value
             return self.expand(value, path) if isinstance(value, str) and "${" in value else value
         if id(node) in stack:
-            self.error(path, "a recursive alias (`*name` inside its own anchor)")
+            self.fail(path, "a recursive alias (`*name` inside its own anchor)")
             return None
         inner = stack | {id(node)}
         if isinstance(node, yaml.SequenceNode):
@@ -220,20 +225,19 @@ class _Loader:
                 return "${"
             ref = _VAR.fullmatch(m.group(1) or "")
             if m.group(1) is None or ref is None:
-                problems.append(_ENV_MSG[1] + ": write ${NAME} or ${NAME:-default}, and $${ for a literal ${")
+                problems.append("bad ${...}: write ${NAME} or ${NAME:-default}, and $${ for a literal ${")
                 return m.group(0)
             value = self.env.get(ref.group(1))
             if ref.group(2) is not None:
                 return value or ref.group(2)  # `:-`: unset or empty takes the default, as in sh
             if value is None:
-                problems.append(f"{_ENV_MSG[0]}{ref.group(1)} is not set")
+                problems.append(f"environment variable {ref.group(1)} is not set")
                 return m.group(0)
             return value
 
         result = _REF.sub(sub, text)
         for problem in dict.fromkeys(problems):
-            self.env_failed.add(path)
-            self.error(path, problem)
+            self.fail(path, problem)
         return text if problems else result
 
     # ------------------------------------------------------------------------------------ pydantic
@@ -284,6 +288,11 @@ class _Loader:
     def error(self, path: Loc, message: str, at: Loc | None = None, node: yaml.Node | None = None) -> None:
         m = node.start_mark if node is not None else self.locate(path if at is None else at)[1]
         self.errors.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path))
+
+    def fail(self, path: Loc, message: str) -> None:
+        self.unbuilt.add(path)
+        m = self.locate(path)[1]
+        self.errors.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path, primary=True))
 
     def warn(self, path: Loc, message: str) -> None:
         m = self.locate(path)[1]
@@ -367,7 +376,8 @@ def _message(err: Mapping[str, Any], parent: Any, path: Loc) -> str:
     if kind in _TYPE_WORDS:
         return f"must be {_TYPE_WORDS[kind]}"
     if kind in _BOUNDS:
-        return f"must be {_BOUNDS[kind]} {next(iter(ctx.values()))}"
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUNDS[kind]} {int(bound) if float(bound).is_integer() else bound}"
     if kind == "string_pattern_mismatch" and path and path[-1] == "function":
         return "must look like module:function (e.g. myapp.tools:lookup)"
     msg = str(err["msg"])
@@ -467,7 +477,7 @@ class _Checks:
     def edges(self, name: str, node: dict[str, Any]) -> list[str | None]:
         at: Loc = ("nodes", name)
         out: list[str | None] = []
-        tools = node.get("tools")
+        tools = node.get("tools", [])  # a node offers the LLM only these (none if absent)
         for i, tool in enumerate(tools if isinstance(tools, list) else []):
             if tool == "goto":
                 self.error((*at, "tools", i), "'goto' is built in: list the nodes it may reach under `goto`")
@@ -478,7 +488,7 @@ class _Checks:
             here = (*at, "on_tool", tool)
             if tool not in self.tools:
                 self.error(here, _unknown("tool", tool, list(self.tools)))
-            elif isinstance(tools, list) and tool not in tools:  # a node offers the LLM only its own tools
+            elif isinstance(tools, list) and tool not in tools:
                 self.error(here, f"'{tool}' is not in this node's `tools`, so this route never fires")
             if not isinstance(route, dict):
                 out.append(self.target(here, route))

@@ -404,6 +404,8 @@ class TurnLogic(AgentActions):
     def timer_false_interruption(self, e: ev.TimerFired) -> None:
         if self.state != "interrupted":
             return self.ignore("not_interrupted")
+        if self.caller_speaking:  # still talking, words not transcribed yet: the floor is theirs
+            return self.leave_interrupted()
         text, self.resume_text = self.resume_text, ""
         self.fire("resume")
         self.speak(text, "resume")
@@ -427,7 +429,7 @@ class TurnLogic(AgentActions):
     def timer_tool_delay(self, e: ev.TimerFired) -> None:
         _, seq, index = e.name.split(":")
         tool = self.pending_tools.get(int(seq))
-        if tool is None or self.playback.active:
+        if tool is None or self.playback.active or self.caller_speaking:
             return self.ignore("tool_message_not_due")
         self.speak(self.flow.tools[tool.name].messages.on_delay[int(index)].text, "tool_message")
 
