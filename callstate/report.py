@@ -45,7 +45,8 @@ def _ms(v: int | None) -> str:
 
 
 def turn_table(ts: list[Turn]) -> list[str]:
-    head = f"{'turn':>4}  {'caller':<34} {'stt':>5} {'endpt':>5} {'llm':>5} {'clause':>6} {'tts':>5} {'v2v ms':>7}  notes"
+    head = (f"{'turn':>4}  {'caller':<34} {'stt':>5} {'endpt':>5} {'llm':>5} {'clause':>6} {'tts':>5} "
+            f"{'v2v ms':>7}  notes")
     lines = [head, "-" * len(head)]
     for t in ts:
         p = t.parts()

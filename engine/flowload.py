@@ -8,7 +8,7 @@ Rules:
 - A plain scalar where a string is expected (``to: +15550100``, ``voice: 2024``) is taken as its source
   text; quoting is never needed to keep a leading "+" or zeros.
 - ``${VAR}`` and ``${VAR:-default}`` in string values come from the environment; ``$${`` is a literal
-  ``${``. No message ever quotes a value, so nothing from the environment reaches the output.
+  ``${``. Messages quote names, never values, and anything the environment supplied shows as ``***``.
 - Bad input never raises anything but FlowError.
 """
 
@@ -34,7 +34,8 @@ from engine.flow import Flow
 Loc = tuple[str | int, ...]
 
 _MERGE = "tag:yaml.org,2002:merge"
-_TEXT_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "timestamp")}
+_TEXT_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool")}
+_TIMESTAMP, _NULL = "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:null"
 _MAX_NODES = 100_000  # alias bombs: a flow is a few hundred nodes
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR = re.compile(r"([A-Za-z_]\w*)(?::-(.*))?", re.S)
@@ -90,7 +91,10 @@ def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = Non
 
 
 def check_text(text: str, name: str = "<flow>", env: Mapping[str, str] | None = None) -> Report:
-    return _Loader(name, os.environ if env is None else env).run(text)
+    try:
+        return _Loader(name, os.environ if env is None else env).run(text)
+    except RecursionError:  # PyYAML's composer and pydantic both recurse per level of nesting
+        return Report(name, [f"{name}: nested too deeply"])
 
 
 def dump_flow(flow: Flow) -> str:
@@ -130,6 +134,7 @@ class _Loader:
         self.errors: list[_Issue] = []
         self.warnings: list[_Issue] = []
         self.unbuilt: set[Loc] = set()  # values kept as written (a failed ${VAR}, a bad tag)
+        self.secrets: dict[Loc, list[str]] = {}  # what the environment put where, to keep it out of messages
         self.root: yaml.Node | None = None
         self.ctor = yaml.constructor.SafeConstructor()
         self.count = 0
@@ -158,7 +163,7 @@ class _Loader:
                                       f"mapping (name: ..., greeting: ...), not {kind}"])
         try:
             data = self.build(self.root, (), frozenset())
-        except (_TooBig, RecursionError):
+        except _TooBig:
             return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
         flow = self.validate(data)
         _Checks(data, self.error, self.warn).run()
@@ -170,7 +175,10 @@ class _Loader:
         return report
 
     def format(self, i: _Issue) -> str:
-        return f"{self.name}:{i.line}:{i.column} " + (f"{i.path}: {i.message}" if i.path else i.message)
+        message = i.message
+        for secret in sorted(self.secrets.get(i.loc, ()), key=len, reverse=True):
+            message = message.replace(secret, "***") if secret else message  # e.g. "no node named '***'"
+        return f"{self.name}:{i.line}:{i.column} " + (f"{i.path}: {message}" if i.path else message)
 
     # ----------------------------------------------------------------------------- building data
 
@@ -201,10 +209,15 @@ class _Loader:
         if self.count > _MAX_NODES:
             raise _TooBig
         if isinstance(node, yaml.ScalarNode):
+            if node.tag == _TIMESTAMP:  # a date is text to every field (and must stay JSON in `parameters`)
+                return node.value
             try:
                 value = self.ctor.construct_object(node)
-            except yaml.YAMLError:
-                self.fail(path, f"unsupported YAML tag {node.tag}")
+                ok = isinstance(value, str | int | float | bool) or node.tag == _NULL
+            except Exception:  # PyYAML raises whatever int(), float() or a dict lookup raised: `!!int x`
+                ok = False
+            if not ok:
+                self.fail(path, "unsupported YAML tag " + node.tag.replace("tag:yaml.org,2002:", "!!"))
                 return node.value
             return self.expand(value, path) if isinstance(value, str) and "${" in value else value
         if id(node) in stack:
@@ -228,11 +241,12 @@ class _Loader:
                 problems.append("bad ${...}: write ${NAME} or ${NAME:-default}, and $${ for a literal ${")
                 return m.group(0)
             value = self.env.get(ref.group(1))
-            if ref.group(2) is not None:
-                return value or ref.group(2)  # `:-`: unset or empty takes the default, as in sh
+            if ref.group(2) is not None and not value:
+                return ref.group(2)  # `:-`: unset or empty takes the default, as in sh
             if value is None:
                 problems.append(f"environment variable {ref.group(1)} is not set")
                 return m.group(0)
+            self.secrets.setdefault(path, []).append(value)
             return value
 
         result = _REF.sub(sub, text)

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field, replace
 from engine import events as ev
 from engine.flow import Flow, ScriptedReply
 from engine.machine import CallMachine
-from engine.script import (CallerTurn, CallScript, CannedTool, reply_tokens, reply_tool_call, scripted_reply,
-                           speech_ms)
+from engine.script import CallerTurn, CallScript, CannedTool, reply_tokens, reply_tool_call, scripted_reply, speech_ms
 
 ToolRunner = Callable[[ev.CallTool], Awaitable[ev.ToolResult]]
 
@@ -103,7 +102,7 @@ class OfflineCall:
     # ---------------------------------------------------------------------------------- the world
 
     async def carry_out(self, e: ev.Effect) -> None:
-        t, lat = e.t_ms, self.lat
+        t, _lat = e.t_ms, self.lat
         match e:
             case ev.SetTimer():
                 self.at(e.at_ms, e.fired(), tag=e.seq)

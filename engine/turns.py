@@ -446,7 +446,7 @@ class TurnLogic(AgentActions):
 
     def end_everything(self) -> None:
         """Answer or cancel every open request, so nothing is left in flight at call end."""
-        heard, synthesizing = self.playback.clear(self.now)
+        _heard, synthesizing = self.playback.clear(self.now)
         for seq in synthesizing:
             self.cancelled.add(seq)
             self.emit(ev.CancelTts, cause=seq)

@@ -89,8 +89,8 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
             final_t = e.t_ms
             if e.end_ms is not None and (speech_end is None or speech_end < (e.start_ms or 0)):
                 speech_end = e.end_ms
-        taken = (st.before == "listening" and st.after == "thinking") or isinstance(e, ev.Dtmf) and any(
-            isinstance(x, ev.EnterNode) for x in st.effects)
+        taken = (st.before == "listening" and st.after == "thinking") or (isinstance(e, ev.Dtmf) and any(
+            isinstance(x, ev.EnterNode) for x in st.effects))
         if taken:
             caller = " ".join(finals) if not isinstance(e, ev.Dtmf) else f"[DTMF {e.digit}]"
             end = speech_end if not isinstance(e, ev.Dtmf) else e.t_ms

@@ -124,7 +124,7 @@ def test_streaming_off_speaks_the_whole_reply_at_llm_done() -> None:
 # ----------------------------------------------------------------------------------- barge-in
 
 def test_barge_in_confirmed_by_speech_duration_clears_and_cancels_in_one_step() -> None:
-    c, speaks = speaking_call(done=False)
+    c, _speaks = speaking_call(done=False)
     c.feed(ev.SpeechStarted(t_ms=2500))
     effects = c.fire("barge_in")
     assert types(effects)[:4] == ["ClearPlayback", "CancelTts", "CancelTts", "CancelLlm"]
@@ -133,7 +133,7 @@ def test_barge_in_confirmed_by_speech_duration_clears_and_cancels_in_one_step() 
 
 
 def test_a_cough_that_stops_before_confirmation_changes_nothing() -> None:
-    c, speaks = speaking_call()
+    c, _speaks = speaking_call()
     c.feed(ev.SpeechStarted(t_ms=2500))
     effects = c.feed(ev.SpeechStopped(t_ms=2650))
     assert types(effects) == ["CancelTimer"]
@@ -142,7 +142,7 @@ def test_a_cough_that_stops_before_confirmation_changes_nothing() -> None:
 
 
 def test_uh_huh_never_counts_as_barge_in() -> None:
-    c, speaks = speaking_call()
+    c, _speaks = speaking_call()
     c.feed(ev.SpeechStarted(t_ms=2500))
     c.feed(ev.Transcript(t_ms=2600, text="uh-huh", is_final=False))
     assert types(c.fire("barge_in")) == ["Ignored"]
@@ -153,7 +153,7 @@ def test_uh_huh_never_counts_as_barge_in() -> None:
 
 @pytest.mark.parametrize("word", ["stop", "wait", "hold on", "no"])
 def test_interruption_words_always_barge_in(word: str) -> None:
-    c, speaks = speaking_call()
+    c, _speaks = speaking_call()
     c.feed(ev.SpeechStarted(t_ms=2500))
     effects = c.feed(ev.Transcript(t_ms=2560, text=word, is_final=False))
     assert types(effects)[0] == "ClearPlayback"
@@ -161,14 +161,14 @@ def test_interruption_words_always_barge_in(word: str) -> None:
 
 
 def test_min_words_two_needs_two_words() -> None:
-    c, speaks = speaking_call(f=flow(turn_taking={"barge_in": {"min_words": 2, "min_speech_ms": 5000}}))
+    c, _speaks = speaking_call(f=flow(turn_taking={"barge_in": {"min_words": 2, "min_speech_ms": 5000}}))
     c.feed(ev.SpeechStarted(t_ms=2500))
     assert not c.feed(ev.Transcript(t_ms=2600, text="actually", is_final=False))
     assert types(c.feed(ev.Transcript(t_ms=2700, text="actually I", is_final=False)))[0] == "ClearPlayback"
 
 
 def test_false_interruption_resumes_the_unheard_rest() -> None:
-    c, speaks = speaking_call(("Your parcel left the depot this morning. ", "It arrives Tuesday. "))
+    c, _speaks = speaking_call(("Your parcel left the depot this morning. ", "It arrives Tuesday. "))
     c.feed(ev.SpeechStarted(t_ms=2450))
     c.fire("barge_in")
     c.feed(ev.SpeechStopped(t_ms=2800))
@@ -285,7 +285,7 @@ def test_tool_call_runs_and_its_result_goes_back_to_the_llm() -> None:
 def test_slow_tool_says_its_delay_message_only_once_due() -> None:
     c = CallScript(TOOL_FLOW)
     call = tool_call(c)
-    effects = c.fire("tool_delay:%d:0" % call.seq)
+    effects = c.fire(f"tool_delay:{call.seq}:0")
     assert [(e.text, e.t_ms) for e in effects if isinstance(e, ev.Speak)] == [("Let me check that.", 2301 + 800)]
 
 

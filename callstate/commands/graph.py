@@ -85,9 +85,9 @@ def render_nodes(flow: Any) -> str:
         for dest in node.goto:
             edge(name, "goto", dest)
         if node.end is not None:
-            lines.append(f"    {ids[name]} --> {ids[name]}_end(((end)))")
+            lines.append(f"    {ids[name]} --> {ids[name]}_hangup((({_quote('hang up')})))")
         if node.transfer is not None:
-            lines.append(f"    {ids[name]} --> {ids[name]}_xfer[/{_quote('transfer ' + node.transfer.to)}/]")
+            lines.append(f"    {ids[name]} --> {ids[name]}_transfer[/{_quote('transfer ' + node.transfer.to)}/]")
     return "\n".join(lines)
 
 

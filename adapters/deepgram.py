@@ -1,0 +1,344 @@
+"""Deepgram: live STT (listen v1 WebSocket) and Aura TTS (speak v1 WebSocket), both through deepgram-sdk.
+
+Rules:
+- Imports engine.events and deepgram-sdk (plus websockets, the SDK's transport, for its close errors).
+- STT translates Deepgram messages into SpeechStarted(source="stt") / Transcript / UtteranceEnd and nothing
+  more; turn-taking is the machine's. Events carry ``t_ms=0`` (the runtime stamps arrival); word timings
+  become call time: ``t0_ms`` + where this connection's audio began in the stream + Deepgram's seconds.
+- A dropped STT socket is a ProviderNotice, not an error: we reconnect (backoff 0, 200, 500 ms) and resend
+  the audio after the last final result (what Deepgram may not have transcribed), gap included.
+- TTS yields mu-law 8 kHz in 160-byte (20 ms) multiples as it arrives; closing the generator closes the
+  socket.
+- No key in any event or exception text: SDK errors are replaced by our own short messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import websockets.exceptions
+from deepgram import AsyncDeepgramClient
+from deepgram.core.api_error import ApiError
+from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1.socket_client import AsyncV1SocketClient as ListenSocket
+from deepgram.speak.v1.types import SpeakV1Text
+
+from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
+
+Emit = Callable[[Input], None]
+
+REQUIRED_ENV = ("DEEPGRAM_API_KEY",)
+BYTES_PER_MS = 8  # mu-law 8 kHz mono (reference section 5)
+FRAME_BYTES = 160  # 20 ms, Twilio's frame
+SILENCE = b"\xff"  # mu-law zero: pads a last partial TTS frame
+#: Reference 2.4: send KeepAlive every 3-5 s while no audio flows; Deepgram closes after 10 s (NET-0001).
+KEEPALIVE_S = 3.0
+RECONNECT_BACKOFF_S = (0.0, 0.2, 0.5)  # three tries inside ~1 s: the caller is mid-sentence
+CONNECT_TIMEOUT_S = 5.0  # first connection
+RECONNECT_TIMEOUT_S = 1.0  # each reconnect attempt
+CLOSE_WAIT_S = 1.5  # after CloseStream: Deepgram sends the last finals and Metadata, then closes
+HISTORY_CAP_BYTES = 30_000 * BYTES_PER_MS  # resend at most 30 s (Deepgram finalizes silence well before)
+RESEND_CHUNK_BYTES = 1600  # 200 ms a frame when catching up
+
+
+class DeepgramError(Exception):
+    """A Deepgram failure. The message is short and never holds the key."""
+
+
+def environment(base_url: str | None) -> DeepgramClientEnvironment:
+    """The SDK environment for ``base_url`` (http(s):// or ws(s)://; a fake or a self-hosted Deepgram)."""
+    if not base_url:
+        return DeepgramClientEnvironment.PRODUCTION
+    url = base_url.rstrip("/")
+    scheme, _, rest = url.partition("://")
+    secure = scheme in ("https", "wss")
+    http, ws = f"{'https' if secure else 'http'}://{rest}", f"{'wss' if secure else 'ws'}://{rest}"
+    return DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
+
+
+def decode(msg: Any, base_ms: int) -> Input | None:
+    """One SDK-parsed listen message -> an event, or None. ``base_ms``: call time of this stream's 0 s."""
+    kind = getattr(msg, "type", None)
+    if kind == "SpeechStarted":
+        return SpeechStarted(t_ms=0, source="stt")
+    if kind == "UtteranceEnd":
+        return UtteranceEnd(t_ms=0, last_word_end_ms=base_ms + round(msg.last_word_end * 1000))
+    if kind != "Results" or not msg.channel.alternatives:
+        return None  # Metadata and anything newer carry nothing the machine needs
+    alt = msg.channel.alternatives[0]
+    text, is_final = alt.transcript.strip(), bool(msg.is_final)
+    speech_final = is_final and bool(msg.speech_final)
+    if not text and not speech_final:  # reference 2.3: empty results are silence, unless they end speech
+        return None
+    words = alt.words or []
+    return Transcript(
+        t_ms=0, text=text, is_final=is_final, speech_final=speech_final, confidence=float(alt.confidence),
+        start_ms=base_ms + round(words[0].start * 1000) if words else None,
+        end_ms=base_ms + round(words[-1].end * 1000) if words else None,
+    )
+
+
+async def _open(stack: AsyncExitStack, connect: Any, timeout_s: float, what: str) -> Any:
+    try:
+        return await asyncio.wait_for(stack.enter_async_context(connect), timeout_s)
+    except ApiError as e:  # its text holds the (redacted) request headers: never pass it on
+        raise DeepgramError(f"deepgram {what}: connect failed: HTTP {e.status_code}") from None
+    except Exception as e:
+        raise DeepgramError(f"deepgram {what}: connect failed: {type(e).__name__}") from None
+
+
+async def _shut(stack: AsyncExitStack | None) -> None:
+    if stack is not None:
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(stack.aclose(), 1.0)
+
+
+def _need(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise LookupError(f"{name} is not set")
+    return value
+
+
+class DeepgramStt:
+    """``engine.ports.Stt``: one listen session per call."""
+
+    REQUIRED_ENV = REQUIRED_ENV
+
+    def __init__(self, api_key: str, *, model: str = "nova-3", language: str = "en-US",
+                 keyterms: Sequence[str] = (), endpointing_ms: int = 300, utterance_end_ms: int = 1000,
+                 base_url: str | None = None, keepalive_s: float = KEEPALIVE_S) -> None:
+        self._client = AsyncDeepgramClient(api_key=api_key, environment=environment(base_url))
+        self.keepalive_s = keepalive_s
+        self.query: dict[str, Any] = {
+            "model": model, "language": language, "encoding": "mulaw", "sample_rate": 8000, "channels": 1,
+            "interim_results": True, "endpointing": endpointing_ms, "utterance_end_ms": utterance_end_ms,
+            "vad_events": True, "smart_format": True,
+            "keyterm": list(keyterms) or None,  # the SDK repeats the param per term (nova-3 only)
+        }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **settings: Any) -> DeepgramStt:
+        return cls(_need(env, "DEEPGRAM_API_KEY"), base_url=env.get("DEEPGRAM_BASE_URL") or None, **settings)
+
+    def session(self, *, params: Mapping[str, str] | None = None, t0_ms: int = 0) -> DeepgramSttSession:
+        """``params`` (the call's custom parameters) are not sent: they may hold caller data."""
+        return DeepgramSttSession(self._client, self.query, t0_ms=t0_ms, keepalive_s=self.keepalive_s)
+
+
+class DeepgramSttSession:
+    """``engine.ports.SttSession`` over one listen socket at a time."""
+
+    def __init__(self, client: AsyncDeepgramClient, query: dict[str, Any], *, t0_ms: int,
+                 keepalive_s: float) -> None:
+        self._client, self._query, self._t0_ms, self._keepalive_s = client, query, t0_ms, keepalive_s
+        self._emit: Emit | None = None
+        self._conn: ListenSocket | None = None  # None while reconnecting
+        self._stack: AsyncExitStack | None = None
+        self._pos = 0  # audio bytes taken from the runtime: the stream position
+        self._offset = 0  # stream position where the current connection's audio begins
+        self._history = bytearray()  # audio from _history_at to _pos, resent after a drop
+        self._history_at = 0
+        self._last_sent = 0.0  # loop time of the last audio or KeepAlive
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---------------------------------------------------------------------------------- SttSession
+
+    async def start(self, emit: Emit) -> None:
+        self._emit = emit
+        self._conn, self._stack = await self._connect(CONNECT_TIMEOUT_S)
+        self._last_sent = asyncio.get_running_loop().time()
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._keepalive())]
+
+    async def send_audio(self, mulaw: bytes) -> None:
+        if self._closing or not mulaw:
+            return
+        self._pos += len(mulaw)
+        self._history += mulaw
+        if len(self._history) > HISTORY_CAP_BYTES:
+            self._trim(self._pos - HISTORY_CAP_BYTES)
+        self._last_sent = asyncio.get_running_loop().time()
+        conn = self._conn
+        if conn is not None:
+            # A send into a dead socket is no loss: the reader sees the drop and the audio is resent.
+            with contextlib.suppress(Exception):
+                await conn.send_media(mulaw)
+
+    async def speech_stopped(self) -> None:
+        if self._conn is not None and not self._closing:
+            with contextlib.suppress(Exception):
+                await self._conn.send_finalize()
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        runner, keepalive = self._tasks or (None, None)
+        if keepalive is not None:
+            keepalive.cancel()
+        if self._conn is not None and runner is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.send_close_stream()
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(runner), CLOSE_WAIT_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._emit = None  # nothing after close
+        await _shut(self._stack)
+        self._conn = self._stack = None
+
+    # ---------------------------------------------------------------------------------- internals
+
+    def _send(self, event: Input) -> None:
+        if self._emit is not None:
+            self._emit(event)
+
+    async def _connect(self, timeout_s: float) -> tuple[ListenSocket, AsyncExitStack]:
+        stack = AsyncExitStack()
+        try:
+            return await _open(stack, self._client.listen.v1.connect(**self._query), timeout_s, "stt"), stack
+        except BaseException:
+            await _shut(stack)
+            raise
+
+    def _trim(self, upto: int) -> None:
+        """Forget audio before stream position ``upto`` (already final, or past the cap)."""
+        cut = min(upto, self._pos) - self._history_at
+        if cut > 0:
+            del self._history[:cut]
+            self._history_at += cut
+
+    async def _run(self) -> None:
+        """Read the current socket; when it drops, reconnect and go on, until close()."""
+        while True:
+            why = await self._read(self._conn, self._t0_ms + self._offset // BYTES_PER_MS)
+            if self._closing:
+                return
+            self._conn = None
+            self._send(ProviderNotice(t_ms=0, provider="deepgram", what="stt_dropped", detail=why))
+            await _shut(self._stack)
+            self._stack = None
+            if not await self._reconnect():
+                if not self._closing:
+                    self._send(ProviderNotice(t_ms=0, provider="deepgram", what="stt_failed",
+                                              detail=f"{len(RECONNECT_BACKOFF_S)} reconnects failed"))
+                return
+
+    async def _read(self, conn: ListenSocket | None, base_ms: int) -> str:
+        if conn is None:
+            return "no socket"
+        try:
+            async for msg in conn:  # the SDK parses each text frame into its typed model
+                if getattr(msg, "type", None) == "Results" and msg.is_final:
+                    # Deepgram will not revisit audio up to a final's end: no need to resend it.
+                    end_ms = round((msg.start + msg.duration) * 1000)
+                    self._trim(self._offset + end_ms * BYTES_PER_MS)
+                event = decode(msg, base_ms)
+                if event is not None:
+                    self._send(event)
+        except websockets.exceptions.ConnectionClosed as e:
+            return f"code {e.rcvd.code}" if e.rcvd is not None else "code 1006"
+        except Exception as e:
+            return type(e).__name__
+        return "closed by server"
+
+    async def _reconnect(self) -> bool:
+        for delay in RECONNECT_BACKOFF_S:
+            await asyncio.sleep(delay)
+            if self._closing:
+                return False
+            try:
+                conn, stack = await self._connect(RECONNECT_TIMEOUT_S)
+            except DeepgramError:
+                continue
+            start = p = self._history_at
+            try:
+                # The loop re-reads _pos: audio the runtime sends meanwhile lands in the history too.
+                while p < self._pos:
+                    i = p - self._history_at
+                    chunk = bytes(self._history[i:i + RESEND_CHUNK_BYTES])
+                    await conn.send_media(chunk)
+                    p += len(chunk)
+            except BaseException as e:  # a cancel (close) must not leak the new socket either
+                await _shut(stack)
+                if isinstance(e, Exception):
+                    continue
+                raise
+            # No await between the last check of _pos and here: from now on send_audio sends directly.
+            self._conn, self._stack, self._offset = conn, stack, start
+            self._send(ProviderNotice(t_ms=0, provider="deepgram", what="stt_reconnected",
+                                      detail=f"resent {(p - start) // BYTES_PER_MS} ms"))
+            if self._closing:  # close() came in meanwhile and found no socket to close
+                await _shut(stack)
+                self._conn = self._stack = None
+                return False
+            return True
+        return False
+
+    async def _keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(0.05, self._last_sent + self._keepalive_s - loop.time()))
+            if loop.time() - self._last_sent >= self._keepalive_s and self._conn is not None:
+                self._last_sent = loop.time()
+                with contextlib.suppress(Exception):
+                    await self._conn.send_keep_alive()
+
+
+class DeepgramTts:
+    """``engine.ports.Tts`` over Aura's speak v1 WebSocket: one socket per Speak (Speak text, Flush)."""
+
+    REQUIRED_ENV = REQUIRED_ENV
+
+    def __init__(self, api_key: str, *, voice: str = "aura-2-thalia-en", base_url: str | None = None) -> None:
+        self.voice = voice
+        self._client = AsyncDeepgramClient(api_key=api_key, environment=environment(base_url))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **settings: Any) -> DeepgramTts:
+        return cls(_need(env, "DEEPGRAM_API_KEY"), base_url=env.get("DEEPGRAM_BASE_URL") or None, **settings)
+
+    async def synthesize(self, effect: Speak) -> AsyncIterator[bytes]:
+        stack = AsyncExitStack()
+        try:
+            connect = self._client.speak.v1.connect(model=self.voice, encoding="mulaw", sample_rate=8000)
+            conn = await _open(stack, connect, CONNECT_TIMEOUT_S, "tts")
+            pending, sent, flushed = bytearray(), 0, False
+            try:
+                await conn.send_text(SpeakV1Text(text=effect.text))
+                await conn.send_flush()
+                async for msg in conn:
+                    if isinstance(msg, bytes):
+                        pending += msg
+                        n = len(pending) - len(pending) % FRAME_BYTES
+                        if n:
+                            out = bytes(pending[:n])
+                            del pending[:n]
+                            sent += n
+                            yield out
+                    # Check the type string: the SDK's union can't tell Flushed from Cleared (same shape).
+                    elif getattr(msg, "type", None) == "Flushed":
+                        flushed = True
+                        break
+            except Exception:  # socket lost mid-stream: reported below, without the SDK's text
+                pass
+            if not flushed:
+                raise DeepgramError(f"deepgram tts: stream ended early, after {sent // BYTES_PER_MS} ms")
+            if pending:
+                yield bytes(pending) + SILENCE * (FRAME_BYTES - len(pending))
+        finally:
+            await _shut(stack)  # on aclose/cancel too: closing the socket stops the synthesis
+
+
+def stt_from_env(env: Mapping[str, str], **settings: Any) -> DeepgramStt:
+    return DeepgramStt.from_env(env, **settings)
+
+
+def tts_from_env(env: Mapping[str, str], **settings: Any) -> DeepgramTts:
+    return DeepgramTts.from_env(env, **settings)

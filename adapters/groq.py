@@ -1,0 +1,194 @@
+"""Groq streaming chat completions with tools -> LlmToken* / LlmToolCall* / LlmDone, or LlmError.
+
+Rules:
+- Imports engine.events and the groq SDK (plus httpx, the SDK's transport, for its stream errors).
+- The SDK never retries (``max_retries=0``): a silent multi-second retry is worse for a caller than a quick
+  fallback (reference 3.4). We retry once ourselves, and only before anything was emitted:
+  429 after its retry-after (capped at 2 s, else we give up), 5xx / timeout / connection error at once.
+  Each retry is a ProviderNotice; the final failure is an LlmError with a short text that never holds the key.
+- Tool calls arrive as fragments keyed by index (reference 3.3); each is emitted whole when the stream ends.
+- Cancellation (task.cancel) closes the HTTP response at once; nothing is emitted after it.
+- Every event has ``t_ms=0`` (the runtime stamps arrival) and ``cause`` = the StartLlm's seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import groq
+import httpx
+from groq import AsyncGroq
+
+from engine.events import Input, LlmDone, LlmError, LlmToolCall, ProviderNotice, StartLlm
+
+Emit = Callable[[Input], None]
+
+GROQ_URL = "https://api.groq.com"  # the SDK appends /openai/v1/chat/completions
+REQUIRED_ENV = ("GROQ_API_KEY",)
+#: Longest retry-after we wait for: past 2 s a caller is better served by a fallback phrase.
+RETRY_AFTER_CAP_S = 2.0
+#: When a 429 has no retry-after header: the SDK's own initial backoff (groq/_constants.py).
+RETRY_AFTER_DEFAULT_S = 0.5
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str, retry_in_s: float | None = None, *, emitted: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason  # short and safe: "429", "500", "timeout", "truncated stream", ...
+        self.retry_in_s = retry_in_s  # None: not retryable
+        self.emitted = emitted  # tokens went out: a retry would repeat them, so never retry
+
+
+class GroqLlm:
+    """``engine.ports.Llm`` over Groq's OpenAI-compatible API."""
+
+    REQUIRED_ENV = REQUIRED_ENV
+
+    def __init__(self, api_key: str, *, model: str = "openai/gpt-oss-20b", temperature: float = 0.3,
+                 max_tokens: int = 256, base_url: str | None = None, timeout_s: float = 10,
+                 reasoning_effort: str | None = None) -> None:
+        self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
+        self.reasoning_effort = reasoning_effort
+        self._key = api_key
+        # base_url always explicit: with None the SDK would read GROQ_BASE_URL behind our back.
+        # timeout_s bounds the connect and each read, so a stalled first byte fails after timeout_s.
+        self._client = AsyncGroq(api_key=api_key, base_url=base_url or GROQ_URL, max_retries=0,
+                                 timeout=timeout_s)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **settings: Any) -> GroqLlm:
+        return cls(_need(env, "GROQ_API_KEY"), base_url=env.get("GROQ_BASE_URL") or None, **settings)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def stream(self, effect: StartLlm, emit: Emit) -> None:
+        retried = False
+        while True:
+            try:
+                await self._attempt(effect, emit)
+                return
+            except _Failure as f:
+                if f.retry_in_s is not None and not retried and not f.emitted:
+                    if f.retry_in_s > RETRY_AFTER_CAP_S:
+                        emit(LlmError(t_ms=0, cause=effect.seq,
+                                      message=f"groq: {f.reason}, retry-after {f.retry_in_s:g} s too long"))
+                        return
+                    retried = True
+                    emit(ProviderNotice(t_ms=0, cause=effect.seq, provider="groq", what="retry",
+                                        detail=f"{f.reason} after {f.retry_in_s:g} s"))
+                    await asyncio.sleep(f.retry_in_s)
+                    continue
+                emit(LlmError(t_ms=0, cause=effect.seq, message=f"groq: {f.reason}"))
+                return
+
+    def _request(self, effect: StartLlm) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model, "messages": [m.as_openai() for m in effect.messages], "stream": True,
+            "temperature": self.temperature, "max_completion_tokens": self.max_tokens,
+        }
+        if effect.tools:
+            kwargs["tools"] = [t.as_openai() for t in effect.tools]
+        if self.reasoning_effort is not None:
+            kwargs["reasoning_effort"] = self.reasoning_effort
+        return kwargs
+
+    async def _attempt(self, effect: StartLlm, emit: Emit) -> None:
+        try:
+            stream = await self._client.chat.completions.create(**self._request(effect))
+        except groq.RateLimitError as e:
+            raise _Failure("429", _retry_after(e.response.headers)) from None
+        except groq.InternalServerError as e:
+            raise _Failure(str(e.status_code), 0.0) from None
+        except groq.APITimeoutError:
+            raise _Failure("timeout", 0.0) from None
+        except groq.APIConnectionError:
+            raise _Failure("connection error", 0.0) from None
+        except groq.APIStatusError as e:
+            raise _Failure(f"HTTP {e.status_code}: {self._safe(_error_text(e.body))}") from None
+
+        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
+        finish: str | None = None
+        emitted = False
+        try:
+            async with stream:  # closes the response on every exit: done, error, cancel
+                async for chunk in stream:
+                    for choice in chunk.choices:
+                        if choice.index != 0:
+                            continue
+                        delta = choice.delta
+                        if delta.content:
+                            emitted = True
+                            emit(effect.token(t_ms=0, text=delta.content))
+                        for frag in delta.tool_calls or ():
+                            call = calls.setdefault(frag.index, ["", "", ""])
+                            call[0] = frag.id or call[0]
+                            if frag.function is not None:
+                                call[1] = frag.function.name or call[1]
+                                call[2] += frag.function.arguments or ""
+                        finish = choice.finish_reason or finish
+        except groq.APIError as e:  # an error object inside the stream (reference 3.3): not retried
+            raise _Failure(f"stream error: {self._safe(e.message)}", emitted=emitted) from None
+        except httpx.TimeoutException:
+            raise _Failure("timeout mid-stream" if emitted else "timeout", 0.0, emitted=emitted) from None
+        except httpx.TransportError:
+            raise _Failure("truncated stream", 0.0, emitted=emitted) from None
+        if finish is None:  # the body ended cleanly but without a finish_reason / [DONE]
+            raise _Failure("truncated stream", 0.0, emitted=emitted)
+        for index in sorted(calls):
+            call_id, name, arguments = calls[index]
+            emit(LlmToolCall(t_ms=0, cause=effect.seq, tool_call_id=call_id, name=name, arguments=arguments))
+        emit(LlmDone(t_ms=0, cause=effect.seq, finish_reason=finish))
+
+    def _safe(self, text: str) -> str:
+        return _redact(text, self._key)
+
+
+def _retry_after(headers: httpx.Headers) -> float:
+    """Seconds to wait, from retry-after-ms or retry-after (seconds or an HTTP date), as the SDK reads it."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_tz(value)
+            if when is not None:
+                return max(0.0, email.utils.mktime_tz(when) - time.time())
+    return RETRY_AFTER_DEFAULT_S
+
+
+def _error_text(body: object) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    return "error"
+
+
+def _redact(text: str, key: str) -> str:
+    text = text.replace(key, "***") if key else text
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _need(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise LookupError(f"{name} is not set")
+    return value
+
+
+def from_env(env: Mapping[str, str], **settings: Any) -> GroqLlm:
+    """A GroqLlm from GROQ_API_KEY (and GROQ_BASE_URL, for a proxy or a fake); settings as the constructor."""
+    return GroqLlm.from_env(env, **settings)
