@@ -125,11 +125,21 @@ class ScriptedReply(Strict):
     arguments: dict[str, Any] = {}
 
 
+class LocalLatency(Strict):
+    """How slowly the live `local` providers answer, standing in for hosted ones (the seed's budget)."""
+
+    stt_final_ms: int = Field(150, ge=0)  # VAD stop (Finalize) to the final transcript
+    llm_first_token_ms: int = Field(200, ge=0)
+    llm_token_ms: int = Field(20, ge=0)
+    tts_first_byte_ms: int = Field(100, ge=0)
+
+
 class LocalScript(Strict):
     """What the offline providers say: caller lines (STT) and agent replies (LLM), in order."""
 
     caller: list[str] = []
     replies: list[ScriptedReply] = []
+    latency: LocalLatency = LocalLatency()
 
 
 class Fallback(Strict):

@@ -44,3 +44,21 @@ class Tts(Protocol):
 class Tools(Protocol):
     async def call(self, effect: CallTool) -> ToolResult:
         """Run one tool; every failure is a ToolResult with ok=False and an error code, never a raise."""
+
+
+class Phone(Protocol):
+    """The caller's line (adapters/twilio.py over Media Streams). Sends are queued in order."""
+
+    async def send_audio(self, mulaw: bytes) -> None: ...  # paced out in 20 ms frames, in real time
+    async def send_mark(self, name: str) -> None: ...  # echoed back (PlaybackMark) once played or cleared
+    async def clear(self) -> None: ...  # drop everything queued and not yet played, at once
+    async def hangup(self) -> None: ...  # end the call (REST), or close the stream when there is no REST
+    async def transfer(self, to: str) -> None: ...
+
+
+class CallHandle(Protocol):
+    """What the phone bridge holds for a live call (engine/runtime.py's LiveCall)."""
+
+    def audio_in(self, mulaw: bytes) -> None: ...  # one inbound media frame; never blocks
+    def emit(self, event: Input) -> None: ...  # Dtmf, PlaybackMark, ProviderNotice, CallEnded
+    async def wait(self) -> None: ...  # until the call has ended and its log is flushed

@@ -46,6 +46,7 @@ class TurnLogic(AgentActions):
         self.resume_text = ""
         self.filler_used = False
         self.reprompts = 0
+        self.turn_count = 0
         self.init_agent_state()
 
     # ------------------------------------------------------------------------------ the caller
@@ -153,6 +154,7 @@ class TurnLogic(AgentActions):
             self.start_llm()
 
     def new_turn(self) -> None:
+        self.turn_count += 1
         self.filler_used = False
         self.reply_started = False
         self.reply_heard = []

@@ -42,7 +42,7 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
                            on_event=lambda e: store.append(call_id, e))
         result = await call.run()
         store.close_call(call_id, outcome=result.outcome, ended_t_ms=result.log[-1].t_ms,
-                         turns=len(turns(flow, result.log)))
+                         turns=call.machine.turn_count)
     finally:
         await runner.close()
         store.close()

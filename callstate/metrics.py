@@ -1,0 +1,92 @@
+"""Prometheus metrics for `engine serve`, in the text exposition format (small enough to write here)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from engine import events as ev
+
+#: Voice-to-voice buckets (ms): dense around the 500 ms target and the ~700 ms talk-over point.
+V2V_BUCKETS = (200, 300, 400, 450, 500, 600, 700, 800, 1000, 1500, 2000, 5000)
+ENGINE_BUCKETS_US = (50, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[int, ...]) -> None:
+        self.buckets, self.counts, self.sum, self.count = buckets, [0] * len(buckets), 0, 0
+
+    def observe(self, value: int) -> None:
+        self.sum += value
+        self.count += 1
+        for i, b in enumerate(self.buckets):
+            if value <= b:
+                self.counts[i] += 1
+
+    def lines(self, name: str) -> list[str]:
+        out = [f'{name}_bucket{{le="{b}"}} {c}' for b, c in zip(self.buckets, self.counts, strict=True)]
+        inf = f'{name}_bucket{{le="+Inf"}} {self.count}'
+        return [*out, inf, f"{name}_sum {self.sum}", f"{name}_count {self.count}"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.active = 0
+        self.calls: dict[str, int] = defaultdict(int)
+        self.turns = 0
+        self.barge_ins = 0
+        self.provider_errors: dict[str, int] = defaultdict(int)
+        self.v2v = Histogram(V2V_BUCKETS)
+        self.engine_us = Histogram(ENGINE_BUCKETS_US)
+
+    def observe_step(self, event: ev.Input, effects: list[ev.Effect], engine_us: int) -> None:
+        self.engine_us.observe(engine_us)
+        for e in effects:
+            if isinstance(e, ev.ClearPlayback):
+                self.barge_ins += 1
+        if isinstance(event, ev.LlmError):
+            self.provider_errors["llm"] += 1
+        elif isinstance(event, ev.TtsError):
+            self.provider_errors["tts"] += 1
+        elif isinstance(event, ev.ToolResult) and not event.ok:
+            self.provider_errors["tools"] += 1
+        elif isinstance(event, ev.ProviderNotice) and event.what in ("error", "stt_dropped", "retry"):
+            self.provider_errors[event.provider] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP callstate_active_calls Calls in progress.", "# TYPE callstate_active_calls gauge",
+            f"callstate_active_calls {self.active}",
+            "# HELP callstate_calls_total Calls ended, by outcome.", "# TYPE callstate_calls_total counter",
+            *[f'callstate_calls_total{{outcome="{k}"}} {v}' for k, v in sorted(self.calls.items())],
+            "# HELP callstate_turns_total Caller turns answered.", "# TYPE callstate_turns_total counter",
+            f"callstate_turns_total {self.turns}",
+            "# HELP callstate_barge_ins_total Confirmed barge-ins.", "# TYPE callstate_barge_ins_total counter",
+            f"callstate_barge_ins_total {self.barge_ins}",
+            "# HELP callstate_provider_errors_total Provider errors, by provider.",
+            "# TYPE callstate_provider_errors_total counter",
+            *[f'callstate_provider_errors_total{{provider="{k}"}} {v}'
+              for k, v in sorted(self.provider_errors.items())],
+            "# HELP callstate_voice_to_voice_ms Caller speech end to first agent audio.",
+            "# TYPE callstate_voice_to_voice_ms histogram", *self.v2v.lines("callstate_voice_to_voice_ms"),
+            "# HELP callstate_engine_us Time inside the engine per input (feed, log, dispatch).",
+            "# TYPE callstate_engine_us histogram", *self.engine_us.lines("callstate_engine_us"),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class TurnClock:
+    """Live voice-to-voice per call: from the caller's speech end to the first audio of the answer."""
+
+    def __init__(self) -> None:
+        self.speech_end: int | None = None
+        self.waiting = False
+
+    def step(self, event: ev.Input, effects: list[ev.Effect], before: str, after: str) -> int | None:
+        if isinstance(event, ev.SpeechStopped):
+            self.speech_end = event.end_ms if event.end_ms is not None else event.t_ms
+        if before == "listening" and after == "thinking":
+            self.waiting = True
+        if self.waiting and any(isinstance(e, ev.SendAudio) for e in effects) and self.speech_end is not None:
+            self.waiting = False
+            return event.t_ms - self.speech_end
+        return None

@@ -1,0 +1,110 @@
+"""`engine serve`'s application: the Twilio bridge, one LiveCall per stream, health, metrics, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from callstate.metrics import Metrics, TurnClock
+from engine import events as ev
+from engine.flow import Flow
+from engine.runtime import LiveCall, Providers
+from engine.store import Store
+
+log = logging.getLogger("callstate.server")
+
+
+class Server:
+    def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
+                 public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
+                 grace_s: float = 30.0) -> None:
+        self.flow, self.providers, self.store = flow, providers, store
+        self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
+        self.grace_s = grace_s
+        self.calls: dict[str, LiveCall] = {}
+        self.clocks: dict[str, TurnClock] = {}
+        self.metrics = Metrics()
+        self.draining = False
+        self.rng = random.SystemRandom()
+
+    async def on_call(self, info: object, phone: object) -> LiveCall:
+        if self.draining:
+            raise RuntimeError("shutting down: not accepting new calls")
+        call_sid = getattr(info, "call_sid", "") or ""
+        call_id = call_sid if call_sid and call_sid not in self.calls else f"call-{uuid.uuid4().hex[:12]}"
+        params = dict(getattr(info, "params", {}) or {})
+        self.store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                             flow=self.flow.name, meta={"flow": self.flow.model_dump(mode="json"), "mode": "live",
+                                                        "call_sid": call_sid})
+        call = LiveCall(call_id=call_id, flow=self.flow, providers=self.providers, phone=phone,  # type: ignore[arg-type]
+                        store=self.store, seed=self.rng.getrandbits(31), params=params, call_sid=call_sid,
+                        stream_sid=getattr(info, "stream_sid", "") or "", on_step=self._on_step)
+        self.calls[call_id] = call
+        self.clocks[call_id] = TurnClock()
+        self.metrics.active += 1
+        call.main.add_done_callback(lambda _t, cid=call_id: self._ended(cid))
+        log.info("call %s started", call_id)
+        return call
+
+    def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
+        self.metrics.observe_step(event, effects, us)
+        if before == "listening" and call.machine.state == "thinking":
+            self.metrics.turns += 1
+        v2v = self.clocks[call.call_id].step(event, effects, before, call.machine.state)
+        if v2v is not None:
+            self.metrics.v2v.observe(v2v)
+
+    def _ended(self, call_id: str) -> None:
+        call = self.calls.pop(call_id, None)
+        self.clocks.pop(call_id, None)
+        self.metrics.active -= 1
+        if call is not None:
+            self.metrics.calls[call.outcome] += 1
+            log.info("call %s ended (%s)", call_id, call.outcome)
+
+    def app(self) -> web.Application:
+        from adapters.twilio import create_app
+
+        app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
+                         skip_signature=self.skip_signature, rest=self.rest)  # type: ignore[arg-type]
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        app.on_shutdown.append(lambda _app: self.shutdown())
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        status = 503 if self.draining else 200
+        return web.json_response({"ok": not self.draining, "active_calls": len(self.calls)}, status=status)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def shutdown(self) -> None:
+        """Stop accepting calls, let the live ones finish for up to grace_s, end the rest, flush the log."""
+        if self.draining:
+            return
+        self.draining = True
+        live = list(self.calls.values())
+        if live:
+            log.info("draining %d call(s) for up to %.0f s", len(live), self.grace_s)
+            await asyncio.wait([c.main for c in live], timeout=self.grace_s)
+        for call in list(self.calls.values()):
+            call.emit(ev.CallEnded(t_ms=0, reason="shutdown"))
+        if self.calls:
+            await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
+        self.store.flush()
+
+
+async def start(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve on host:port (0: any free port); returns the runner and the port actually bound."""
+    runner = web.AppRunner(server.app(), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound

@@ -1,0 +1,318 @@
+"""The live runtime: one asyncio task per call that stamps, logs, feeds and carries out.
+
+Rules:
+- Every adapter event is stamped with loop time since the call started when it arrives (``emit``), queued,
+  then, in order: fed to the machine, appended to the log with its effects, and only then are the effects
+  carried out. So the log always holds an effect before anything it caused can happen.
+- The machine is the only judge of what plays: TTS audio is held here (bytes are not events) until the
+  machine answers its TtsAudio with SendAudio; audio of a cancelled Speak is never sent.
+- Timers are loop callbacks; a timer cancelled after it fired is answered by the machine as stale.
+- A failure in this call's code ends this call (logged, the fallback line tried) and never another call.
+- This is the one module of engine/ that reads a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine import events as ev
+from engine.flow import Flow
+from engine.machine import CallMachine
+from engine.ports import Llm, Phone, Stt, Tools, Tts
+from engine.store import Store
+
+log = logging.getLogger("callstate.runtime")
+
+#: TTS audio is handed to the machine in chunks of at least this much (the first chunk at once): one
+#: TtsAudio, SendAudio and mark per 200 ms instead of per 20 ms frame keeps the log small and the marks
+#: fine enough to cut heard text at about a word.
+CHUNK_MS = 200
+FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+
+
+class Vad(Protocol):
+    start_ms: int | None
+    stop_ms: int | None
+
+    def feed(self, frame: bytes, t_ms: int) -> str | None: ...
+
+
+@dataclass
+class Providers:
+    stt: Stt
+    llm: Llm
+    tts: Tts
+    tools: Tools
+    vad: Callable[[], Vad]
+    tts_fallback: Tts | None = None
+
+
+@dataclass
+class CallStats:
+    """Wall-clock measures the log does not hold (they differ between runs by nature)."""
+
+    engine_us: list[int] = field(default_factory=list)  # per input: feed + log + effect dispatch
+    barge_in_us: list[int] = field(default_factory=list)  # input that confirmed a barge-in -> clear sent
+
+
+class LiveCall:
+    """One live call: implements engine.ports.CallHandle for the phone bridge."""
+
+    def __init__(self, *, call_id: str, flow: Flow, providers: Providers, phone: Phone, store: Store,
+                 seed: int, params: dict[str, str], call_sid: str = "", stream_sid: str = "",
+                 on_step: Callable[[LiveCall, ev.Input, list[ev.Effect], str, int], None] | None = None) -> None:
+        self.call_id, self.flow, self.p, self.phone, self.store = call_id, flow, providers, phone, store
+        self.machine = CallMachine(flow, call_id=call_id)
+        self.loop = asyncio.get_running_loop()
+        self.t0 = self.loop.time()
+        self.inbox: asyncio.Queue[tuple[ev.Input, bytes | None]] = asyncio.Queue()
+        self.stats = CallStats()
+        self.on_step = on_step
+        self.marks: dict[str, int] = {}  # mark name -> SendMark seq (Twilio echoes names only)
+        self.tasks: dict[int, asyncio.Task[Any]] = {}  # StartLlm / CallTool seq -> task
+        self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.tts_queue: asyncio.Queue[ev.Speak] = asyncio.Queue()
+        self.tts_current: tuple[int, asyncio.Task[Any]] | None = None
+        self.cancelled_speaks: set[int] = set()
+        self.vad = providers.vad()
+        self.frames_in = 0
+        self.stt_audio: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.stt = providers.stt.session(params=params)
+        self.done = asyncio.Event()
+        self.outcome = "caller_hung_up"
+        self.emit(ev.CallStarted(t_ms=0, call_sid=call_sid, stream_sid=stream_sid, params=params, seed=seed))
+        self.main = asyncio.create_task(self._run(), name=f"call {call_id}")
+
+    # ------------------------------------------------------------------------------ CallHandle
+
+    def now_ms(self) -> int:
+        return int((self.loop.time() - self.t0) * 1000)
+
+    def emit(self, event: ev.Input, payload: bytes | None = None) -> None:
+        """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine)."""
+        if self.done.is_set():
+            return
+        if isinstance(event, ev.PlaybackMark) and event.cause is None:
+            event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.marks.get(event.name))
+        stamped = _restamp(event, self.now_ms())
+        self.inbox.put_nowait((stamped, payload))
+
+    def audio_in(self, mulaw: bytes) -> None:
+        """One inbound 20 ms frame: local VAD (barge-in must not wait for the STT), then to the STT."""
+        t_audio = self.frames_in * 20
+        self.frames_in += 1
+        change = self.vad.feed(mulaw, t_audio)
+        if change == "start":
+            self.emit(ev.SpeechStarted(t_ms=0))
+        elif change == "stop":
+            end = self.vad.stop_ms
+            self.emit(ev.SpeechStopped(t_ms=0, end_ms=None if end is None else min(end, self.now_ms())))
+            if self.flow.stt.finalize_on_vad_stop:
+                self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
+        self.stt_audio.put_nowait(mulaw)
+
+    async def wait(self) -> None:
+        await asyncio.shield(self.main)
+
+    # ------------------------------------------------------------------------------ the call task
+
+    async def _run(self) -> None:
+        stt_task = asyncio.create_task(self._stt_pump())
+        tts_task = asyncio.create_task(self._tts_worker())
+        try:
+            while True:
+                event, payload = await self.inbox.get()
+                started = time.perf_counter_ns()
+                before = self.machine.state
+                stamped, effects = self.machine.step(event)
+                self.store.append(self.call_id, stamped)
+                for effect in effects:
+                    self.store.append(self.call_id, effect)
+                for effect in effects:
+                    if isinstance(effect, ev.SendAudio) and payload is not None:
+                        self._spawn(self.phone.send_audio(payload))  # this input's audio, allowed out
+                    else:
+                        self._carry_out(effect)
+                elapsed = (time.perf_counter_ns() - started) // 1000
+                self.stats.engine_us.append(elapsed)
+                if any(isinstance(e, ev.ClearPlayback) for e in effects):
+                    self.stats.barge_in_us.append(elapsed)
+                if self.on_step is not None:
+                    self.on_step(self, stamped, effects, before, elapsed)
+                if self.machine.state == "listening" or isinstance(stamped, ev.CallEnded):
+                    self.store.flush()  # a turn boundary: what is flushed survives a crash
+                if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
+                    break
+        except Exception:
+            log.exception("call %s: runtime failure; ending the call", self.call_id)
+            self.outcome = "error"
+            await self._fail()
+        finally:
+            for t in (stt_task, tts_task, *self.tasks.values()):
+                t.cancel()
+            for h in self.timers.values():
+                h.cancel()
+            if self.tts_current is not None:
+                self.tts_current[1].cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.stt.close(), 1.0)
+            self.done.set()
+            self._close_log()
+
+    def _close_log(self) -> None:
+        try:
+            self.store.close_call(self.call_id, outcome=self.outcome, ended_t_ms=self.machine.now,
+                                  turns=self.machine.turn_count)
+        except Exception:
+            log.exception("call %s: could not close its log", self.call_id)
+
+    async def _fail(self) -> None:
+        """Say the fallback line where the phone still works, then end the call."""
+        with contextlib.suppress(Exception):
+            speak = ev.Speak(t_ms=self.now_ms(), text=self.flow.fallback.llm, purpose="fallback")
+            async for chunk in self.p.tts.synthesize(speak):
+                await self.phone.send_audio(chunk)
+            await self.phone.hangup()
+
+    # ------------------------------------------------------------------------------ effects
+
+    def _carry_out(self, e: ev.Effect) -> None:
+        match e:
+            case ev.SendMark():
+                self.marks[e.name] = e.seq
+                self._spawn(self.phone.send_mark(e.name))
+            case ev.ClearPlayback():
+                self._spawn(self.phone.clear())
+            case ev.SetTimer():
+                self.timers[e.seq] = self.loop.call_at(self.t0 + e.at_ms / 1000, self._timer_fired, e)
+            case ev.CancelTimer():
+                handle = self.timers.pop(e.cause or -1, None)
+                if handle is not None:
+                    handle.cancel()
+            case ev.StartLlm():
+                self.tasks[e.seq] = asyncio.create_task(self._llm(e))
+            case ev.CallTool():
+                self.tasks[e.seq] = asyncio.create_task(self._tool(e))
+            case ev.CancelLlm() | ev.CancelTool():
+                task = self.tasks.pop(e.cause or -1, None)
+                if task is not None:
+                    task.cancel()
+            case ev.Speak():
+                self.tts_queue.put_nowait(e)
+            case ev.CancelTts():
+                self.cancelled_speaks.add(e.cause or -1)
+                if self.tts_current is not None and self.tts_current[0] == e.cause:
+                    self.tts_current[1].cancel()
+            case ev.Hangup():
+                self.outcome = "hangup"
+                self._spawn(self.phone.hangup())
+            case ev.Transfer():
+                self.outcome = "transfer"
+                self._spawn(self.phone.transfer(e.to))
+            case _:
+                pass
+
+    def _timer_fired(self, e: ev.SetTimer) -> None:
+        self.timers.pop(e.seq, None)
+        self.emit(e.fired(t_ms=0))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_report)
+
+    async def _llm(self, e: ev.StartLlm) -> None:
+        try:
+            await self.p.llm.stream(e, self.emit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an adapter bug or an error it did not turn into LlmError
+            log.warning("call %s: LLM failed: %s", self.call_id, type(exc).__name__)
+            self.emit(ev.LlmError(t_ms=0, cause=e.seq, message=f"llm adapter failed: {type(exc).__name__}"))
+        finally:
+            self.tasks.pop(e.seq, None)
+
+    async def _tool(self, e: ev.CallTool) -> None:
+        try:
+            self.emit(await self.p.tools.call(e))
+        finally:
+            self.tasks.pop(e.seq, None)
+
+    # ------------------------------------------------------------------------------ TTS and STT
+
+    async def _tts_worker(self) -> None:
+        """Synthesize Speaks one at a time, in order, so audio never interleaves."""
+        while True:
+            speak = await self.tts_queue.get()
+            if speak.seq in self.cancelled_speaks:
+                continue
+            task = asyncio.create_task(self._synthesize(speak))
+            self.tts_current = (speak.seq, task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.tts_current = None
+
+    async def _synthesize(self, speak: ev.Speak) -> None:
+        sent = False
+        for tts in (self.p.tts, self.p.tts_fallback):
+            if tts is None:
+                continue
+            try:
+                buf = b""
+                async for chunk in tts.synthesize(speak):
+                    buf += chunk
+                    if not sent or len(buf) >= CHUNK_MS * 8:
+                        self._emit_audio(speak, buf)
+                        buf, sent = b"", True
+                if buf:
+                    self._emit_audio(speak, buf)
+                self.emit(ev.TtsDone(t_ms=0, cause=speak.seq))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.emit(ev.ProviderNotice(t_ms=0, provider="tts", what="error", detail=_safe(exc)))
+                if sent:
+                    break  # half a sentence from one voice and the rest from another is worse than a cut
+        self.emit(ev.TtsError(t_ms=0, cause=speak.seq, message="tts failed"))
+
+    def _emit_audio(self, speak: ev.Speak, data: bytes) -> None:
+        whole = len(data) - len(data) % FRAME_BYTES or len(data)
+        self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // 8)), data)
+
+    async def _stt_pump(self) -> None:
+        try:
+            await self.stt.start(self.emit)
+        except Exception as exc:
+            self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
+            return
+        while True:
+            frame = await self.stt_audio.get()
+            try:
+                if frame == b"":
+                    await self.stt.speech_stopped()
+                else:
+                    await self.stt.send_audio(frame)
+            except Exception as exc:
+                self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
+
+
+def _restamp(event: ev.Input, t_ms: int) -> ev.Input:
+    return dataclasses.replace(event, t_ms=t_ms)
+
+
+def _safe(exc: BaseException) -> str:
+    """An error's type and first line: adapters keep keys out of their messages; cut long ones anyway."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _report(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("phone operation failed: %s", _safe(task.exception()))  # type: ignore[arg-type]
