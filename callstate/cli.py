@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(_load(args.command).run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `engine ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

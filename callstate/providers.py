@@ -44,9 +44,21 @@ def _tts(name: str, flow: Flow, env: Mapping[str, str]):  # type: ignore[no-unty
     return LocalTts(first_byte_ms=flow.local.latency.tts_first_byte_ms)
 
 
+def _machine_vad():  # type: ignore[no-untyped-def]
+    from adapters.vad import VadParams
+
+    #: The machine's VAD reports a stop after 120 ms of silence, not the 300 ms that keeps a whole line in
+    #: one turn: SpeechStopped is what tells a cough (< 250 ms) from a barge-in, and a 300 ms hangover
+    #: would make every cough last 360 ms. Pauses inside a sentence then stop and restart speech, which
+    #: the machine handles (the endpoint timer waits for the final transcript anyway).
+    return VadParams(stop_ms=120)
+
+
 def build_providers(flow: Flow, env: Mapping[str, str]) -> Providers:
     from adapters.tools import ToolRunner
     from adapters.vad import Vad
+
+    vad_params = _machine_vad()
 
     if flow.stt.provider == "deepgram":
         from adapters.deepgram import DeepgramStt
@@ -70,4 +82,4 @@ def build_providers(flow: Flow, env: Mapping[str, str]) -> Providers:
                        token_ms=flow.local.latency.llm_token_ms)
     fallback = _tts(flow.tts.fallback, flow, env) if flow.tts.fallback else None
     return Providers(stt=stt, llm=llm, tts=_tts(flow.tts.provider, flow, env), tools=ToolRunner(flow.tools),
-                     vad=Vad, tts_fallback=fallback)
+                     vad=lambda: Vad(vad_params), tts_fallback=fallback)

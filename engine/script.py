@@ -37,7 +37,7 @@ class CallerTurn(_Strict):
 
 class Latency(_Strict):
     vad_start_ms: int = 60  # speech onset to SpeechStarted
-    vad_stop_ms: int = 200  # speech end to SpeechStopped (the VAD's hangover)
+    vad_stop_ms: int = 120  # speech end to SpeechStopped (the VAD's hangover, as callstate/providers.py)
     stt_interim_ms: int = 300  # interim results cadence
     stt_final_ms: int = 150  # Finalize (or the STT's own endpointing) to the final transcript
     llm_first_token_ms: int = 200

@@ -210,7 +210,8 @@ class TurnLogic(AgentActions):
             if speak.purpose in REPLY_PURPOSES:
                 if text:
                     self.reply_heard.append(text)
-                rest.append(speak.text[len(text):].strip() if speak.text.startswith(text) else speak.text)
+                if text != speak.text:  # a resume says a cut sentence again whole, not from mid-word
+                    rest.append(speak.text)
         rest.append(self.llm_buffer.strip())
         self.llm_buffer = ""
         self.resume_text = " ".join(r for r in rest if r)
