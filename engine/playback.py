@@ -55,11 +55,12 @@ class SpeakState:
 class Playback:
     def __init__(self) -> None:
         self.speaks: dict[int, SpeakState] = {}  # insertion order = playback order
+        self.held: list[tuple[str, str]] = []  # (text, purpose) waiting for the caller to stop talking
         self._mark_owner: dict[str, int] = {}
 
     @property
     def active(self) -> bool:
-        return bool(self.speaks)
+        return bool(self.speaks or self.held)
 
     def add(self, seq: int, text: str, purpose: str) -> None:
         self.speaks[seq] = SpeakState(seq=seq, text=text, purpose=purpose)
@@ -109,7 +110,9 @@ class Playback:
     def clear(self, now: int) -> tuple[list[tuple[SpeakState, str]], list[int]]:
         """Drop everything: returns (each Speak with its heard text, the Speaks still synthesizing)."""
         heard = [(s, s.heard_text(now)) for s in self.speaks.values()]
+        heard += [(SpeakState(seq=0, text=text, purpose=purpose), "") for text, purpose in self.held]
         synthesizing = [s.seq for s in self.speaks.values() if not s.tts_done]
         self.speaks.clear()
+        self.held.clear()
         self._mark_owner.clear()
         return heard, synthesizing

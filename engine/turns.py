@@ -75,6 +75,7 @@ class TurnLogic(AgentActions):
         if not self.caller_speaking:
             return self.ignore("not_speaking")
         self.caller_speaking = False
+        self.release_held()
         if self.cand_start is not None and self.state != "interrupted":
             self.cancel_timer("barge_in")  # a cough or an "uh-huh": nothing changes
             self.cand_start = None
@@ -322,8 +323,17 @@ class TurnLogic(AgentActions):
     # ------------------------------------------------------------------------------ playback
 
     def speak(self, text: str, purpose: str) -> None:
+        """Queue a line for the caller; held (in order) while the caller is talking."""
+        if self.caller_speaking or self.playback.held:
+            self.playback.held.append((text, purpose))
+            return
         seq = self.emit(ev.Speak, text=text, purpose=purpose).seq
         self.playback.add(seq, text, purpose)
+
+    def release_held(self) -> None:
+        held, self.playback.held = self.playback.held, []
+        for text, purpose in held:
+            self.speak(text, purpose)
 
     def say(self, text: str, purpose: str) -> None:
         """A fixed line: cancel the reply in progress, speak, and let the machine wait for playback."""

@@ -13,9 +13,6 @@ from engine import events as ev
 from engine.flow import Flow
 from replay.turns import Step
 
-#: Speech the agent starts on its own initiative; none of it may start while the caller is speaking.
-_REPLY_PURPOSES = ("reply", "filler", "resume")
-
 
 @dataclass(frozen=True)
 class Violation:
@@ -116,7 +113,7 @@ def one_filler_per_turn(steps: list[Step], flow: Flow) -> list[Violation]:
 
 
 def no_reply_over_caller(steps: list[Step], flow: Flow) -> list[Violation]:
-    """The agent never starts a reply (or a filler) while the caller is speaking."""
+    """The agent never starts speaking (a reply, a filler, any line) while the caller is speaking."""
     out: list[Violation] = []
     speaking = False
     for st in steps:
@@ -125,7 +122,7 @@ def no_reply_over_caller(steps: list[Step], flow: Flow) -> list[Violation]:
         elif isinstance(st.event, ev.SpeechStopped):
             speaking = False
         for x in st.effects:
-            if isinstance(x, ev.Speak) and x.purpose in _REPLY_PURPOSES and speaking:
+            if isinstance(x, ev.Speak) and speaking:
                 out.append(Violation("no_reply_over_caller", x.seq,
                                      f"{x.purpose} {x.text[:40]!r} started while the caller was speaking"))
     return out
