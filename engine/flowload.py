@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.flow import Flow
+from engine.flowcheck import Checks
 
 Loc = tuple[str | int, ...]
 
@@ -40,8 +41,6 @@ _MAX_NODES = 100_000  # alias bombs: a flow is a few hundred nodes
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR = re.compile(r"([A-Za-z_]\w*)(?::-(.*))?", re.S)
 _PLAIN_KEY = re.compile(r"[\w*#+-]+")
-_DTMF = set("0123456789*#")
-_URL = re.compile(r"https?://[^/\s]", re.I)
 _TYPE_WORDS = {
     "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
     "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
@@ -166,7 +165,7 @@ class _Loader:
         except _TooBig:
             return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
         flow = self.validate(data)
-        _Checks(data, self.error, self.warn).run()
+        Checks(data, self.error, self.warn).run()
         # a value that couldn't be built stays as written: only the error that says why is worth showing
         errors = [i for i in self.errors if i.primary or i.loc not in self.unbuilt]
         report.errors = list(dict.fromkeys(self.format(i) for i in sorted(errors)))
@@ -422,134 +421,3 @@ def _collapse(errors: list[Any]) -> list[tuple[Loc, str]]:
             words = [m.removeprefix("must be ") for errs in branches.values() for _, m, _ in errs]
             plain.append((at, "must be " + " or ".join(dict.fromkeys(words))))
     return plain
-
-
-
-
-# ----------------------------------------------------------------------------------- semantic rules
-
-
-def _unknown(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        return f"no {kind} named '{name}' (did you mean '{close[0]}'?)"
-    return f"no {kind} named '{name}' ({kind}s: {', '.join(known)})" if known else f"no {kind} named '{name}'"
-
-
-class _Checks:
-    """What pydantic can't see: names that must point at each other, and nodes no call can reach or leave.
-
-    Works on the raw data, skipping anything of the wrong shape (pydantic has reported that already), so a
-    file with schema errors still gets its reference errors in the same run.
-    """
-
-    def __init__(self, data: dict[str, Any], error: Any, warn: Any) -> None:
-        self.d, self.error, self.warn = data, error, warn
-        self.tools = data["tools"] if isinstance(data.get("tools"), dict) else {}
-        self.nodes = data["nodes"] if isinstance(data.get("nodes"), dict) else {}
-
-    def run(self) -> None:
-        for name, tool in self.tools.items():
-            if name == "goto":
-                self.error(("tools", name), "'goto' is reserved: it is the built-in tool that moves nodes")
-            webhook = tool.get("webhook") if isinstance(tool, dict) else None
-            url = webhook.get("url") if isinstance(webhook, dict) else None
-            if isinstance(url, str) and not _URL.match(url):
-                self.error(("tools", name, "webhook", "url"), "must be an http:// or https:// URL")
-        self.turn_taking(self.d.get("turn_taking"), ("turn_taking",))
-        local = self.d.get("local")
-        replies = local.get("replies") if isinstance(local, dict) else None
-        for i, reply in enumerate(replies if isinstance(replies, list) else []):
-            tool = reply.get("tool") if isinstance(reply, dict) else None
-            if isinstance(tool, str) and tool != "goto" and tool not in self.tools:
-                self.error(("local", "replies", i, "tool"), _unknown("tool", tool, list(self.tools)))
-        self.graph()
-
-    def turn_taking(self, value: Any, path: Loc) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if k == "pattern" and isinstance(v, str):
-                    try:
-                        re.compile(v)
-                    except re.error as exc:
-                        self.error((*path, k), f"not a valid regular expression ({exc})")
-                self.turn_taking(v, (*path, k))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                self.turn_taking(v, (*path, i))
-        elif isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            self.error(path, "must be >= 0")
-
-    def target(self, path: Loc, name: Any) -> str | None:
-        if not isinstance(name, str):
-            return None
-        if name not in self.nodes:
-            self.error(path, _unknown("node", name, list(self.nodes)))
-            return None
-        return name
-
-    def edges(self, name: str, node: dict[str, Any]) -> list[str | None]:
-        at: Loc = ("nodes", name)
-        out: list[str | None] = []
-        tools = node.get("tools", [])  # a node offers the LLM only these (none if absent)
-        for i, tool in enumerate(tools if isinstance(tools, list) else []):
-            if tool == "goto":
-                self.error((*at, "tools", i), "'goto' is built in: list the nodes it may reach under `goto`")
-            elif isinstance(tool, str) and tool not in self.tools:
-                self.error((*at, "tools", i), _unknown("tool", tool, list(self.tools)))
-        on_tool = node.get("on_tool")
-        for tool, route in (on_tool.items() if isinstance(on_tool, dict) else ()):
-            here = (*at, "on_tool", tool)
-            if tool not in self.tools:
-                self.error(here, _unknown("tool", tool, list(self.tools)))
-            elif isinstance(tools, list) and tool not in tools:
-                self.error(here, f"'{tool}' is not in this node's `tools`, so this route never fires")
-            if not isinstance(route, dict):
-                out.append(self.target(here, route))
-                continue
-            cases = route.get("cases")
-            if isinstance(cases, dict):
-                if cases and not route.get("field"):
-                    self.error((*here, "cases"), "needs `field`: the result field the cases are values of")
-                out += [self.target((*here, "cases", k), v) for k, v in cases.items()]
-            if route.get("default") is not None:
-                out.append(self.target((*here, "default"), route["default"]))
-        on_dtmf = node.get("on_dtmf")
-        for key, dest in (on_dtmf.items() if isinstance(on_dtmf, dict) else ()):
-            if len(key) != 1 or key not in _DTMF:
-                self.error((*at, "on_dtmf", key), "must be one DTMF key: 0-9, * or #")
-            out.append(self.target((*at, "on_dtmf", key), dest))
-        goto = node.get("goto") if isinstance(node.get("goto"), list) else []
-        out += [self.target((*at, "goto", i), g) for i, g in enumerate(goto)]
-        if node.get("end") is not None and node.get("transfer") is not None:
-            self.error((*at, "transfer"), "a node either ends the call (`end`) or transfers it, not both")
-        return out
-
-    def graph(self) -> None:
-        start = self.d.get("start_node")
-        if not self.nodes:
-            if isinstance(start, str):
-                self.error(("start_node",), f"no node named '{start}' (the flow has no `nodes`)")
-            return
-        if start is None:
-            self.error(("start_node",), "required when `nodes` are given", at=("nodes",))
-        start = self.target(("start_node",), start)
-        edges: dict[str, list[str]] = {}
-        for name, node in self.nodes.items():
-            if not isinstance(node, dict):
-                continue
-            edges[name] = [t for t in self.edges(name, node) if t is not None]
-            leaves = any(node.get(k) for k in ("on_tool", "on_dtmf", "goto", "tools"))
-            if not leaves and node.get("end") is None and node.get("transfer") is None:
-                self.warn(("nodes", name), "dead end: no transitions, no tools and no `end` or `transfer`")
-        if start is None:
-            return
-        seen, todo = {start}, [start]
-        while todo:
-            for nxt in edges.get(todo.pop(), []):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    todo.append(nxt)
-        for name in self.nodes:
-            if name not in seen:
-                self.warn(("nodes", name), f"unreachable from start_node '{start}'")

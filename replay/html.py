@@ -40,9 +40,9 @@ svg .tick{stroke:#e3e6eb}svg .axis text{fill:#5b6475}.lane-bg{fill:#fafbfc}.lane
 .cut rect{fill:url(#hatch);stroke:#d9534f}
 .listening rect{fill:#d5d9e0}.thinking rect{fill:#f2c14e}.speaking rect{fill:#5cb87a}
 .interrupted rect{fill:#d9534f}.tool_pending rect{fill:#b08be0}.ended rect{fill:#59606b}
-.lane-llm rect{fill:#6c8ef5}.lane-llm.preemptive rect{fill:#a9bcf9}.lane-tts rect{fill:#f0a35e}
-.lane-tools rect{fill:#9c6ade}.lane-fillers rect{fill:#c9b2ee}.lane-timers rect{fill:#d3d7de}
-.lane-timers.fired rect{fill:#aab1bd}.cancelled rect{fill:url(#hatch-grey)}.error rect{fill:#d9534f}
+.sp.lane-llm rect{fill:#6c8ef5}.sp.lane-llm.preemptive rect{fill:#a9bcf9}.sp.lane-tts rect{fill:#f0a35e}
+.sp.lane-tools rect{fill:#9c6ade}.sp.lane-fillers rect{fill:#c9b2ee}.sp.lane-timers rect{fill:#d3d7de}
+.sp.lane-timers.fired rect{fill:#aab1bd}.cancelled rect{fill:url(#hatch-grey)}.error rect{fill:#d9534f}
 .barge rect{fill:#f4b4b2}.barge path{fill:#c9302c}.resume path{fill:#e0a030}.node path{fill:#59606b}
 .open rect{opacity:.5}.turnline{stroke:#c9302c;stroke-dasharray:3 3}.turnlabel{fill:#c9302c;font-weight:600}
 .turnlabel-link{cursor:pointer;pointer-events:all}
@@ -50,7 +50,8 @@ section.turn{background:#fff;border:1px solid #d8dce3;border-radius:6px;margin:1
 section.turn h3{margin:0 0 6px;font-size:15px}section.turn.flash{outline:2px solid #c9302c}
 .who{color:#5b6475;display:inline-block;width:56px}.notes span{background:#eef0f4;border-radius:4px;padding:1px 6px;
 margin-right:6px;font-size:12px}.notes .barge{background:#f9d6d5}
-table.parts{border-collapse:collapse;font-size:12px;margin-top:6px}table.parts td{padding:1px 8px 1px 0}
+table.parts{border-collapse:collapse;font-size:12px}
+.turnbody{display:flex;flex-wrap:wrap;gap:8px 28px;align-items:flex-start}table.parts td{padding:1px 8px 1px 0}
 table.parts td.num{text-align:right;font-variant-numeric:tabular-nums}
 .wf .bar{fill:#6c8ef5}.wf .bar.v2v{fill:#1d2330}.wf .bar.stt{fill:#7cb9e8}.wf .bar.endpointing{fill:#f2c14e}
 .wf .bar.tts{fill:#f0a35e}.wf .bar.engine{fill:#d9534f}
@@ -119,7 +120,7 @@ class _Lanes:
             points = [p for p in tl.points if p.lane == lane]
             rows = _pack([(s.start_ms, s.end_ms) for s in spans])
             height = (max(rows, default=0) + 1) * ROW_H
-            out.append(f'<g class="lane lane-{lane}" data-lane="{lane}">'
+            out.append(f'<g class="lane" data-lane="{lane}">'
                        f'<rect class="lane-bg{" odd" if n % 2 else ""}" x="0" y="{y}" width="{self.width}" '
                        f'height="{height + LANE_GAP}"/>'
                        f'<text class="lane-name" x="8" y="{y + 14}">{escape(lane)}</text>')
@@ -232,7 +233,8 @@ def _turn(tl: Timeline, t: Turn) -> str:
             f'<a href="#lanes" data-goto-ms="{t.t_ms}" data-turn="{t.index}">show in timeline</a></h3>'
             f'<p><span class="who">caller</span>{escape(t.caller) or "<em>(no words)</em>"}</p>'
             f'<p><span class="who">agent</span>{agent}</p>'
-            f'<p class="notes">{notes}</p>{_waterfall(tl, t)}<table class="parts">{table}</table></section>')
+            f'<p class="notes">{notes}</p><div class="turnbody">{_waterfall(tl, t)}'
+            f'<table class="parts">{table}</table></div></section>')
 
 
 def _summary(s: CallStats) -> str:

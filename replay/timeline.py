@@ -18,10 +18,12 @@ from typing import Any
 
 from engine import events as ev
 from engine.flow import Flow
-from replay.observe import Observed, observe
-from replay.turns import Step, Turn, turns
+from engine.machine import TRANSITIONS
+from replay.turns import Step, Turn, steps, turns
 
 NO_WORDS = "(no words)"
+#: trigger -> the state it leads to (each trigger of the table has one destination)
+DEST: dict[str, str] = {row["trigger"]: row["dest"] for row in TRANSITIONS}
 LANES = ("caller", "agent", "state", "llm", "tts", "tools", "fillers", "barge-ins", "timers")
 
 
@@ -108,7 +110,7 @@ def sec(t_ms: int) -> str:
     return f"{t_ms / 1000:.2f}s"
 
 
-def _engine_ms(meta: dict[str, Any] | None, ts: list[Turn], steps: list[Observed]) -> dict[int, int]:
+def _engine_ms(meta: dict[str, Any] | None, ts: list[Turn], steps: list[Step]) -> dict[int, int]:
     """Engine time per turn from the live runtime's per-input measure (meta ``engine_us``: input seq -> us),
     summed over the inputs from the turn's start to its first audio. Offline logs have none."""
     raw = (meta or {}).get("engine_us")
@@ -119,7 +121,7 @@ def _engine_ms(meta: dict[str, Any] | None, ts: list[Turn], steps: list[Observed
     for t in ts:
         if t.first_audio_ms is None:
             continue
-        us = sum(per_seq.get(o.step.event.seq, 0) for o in steps if t.t_ms <= o.step.event.t_ms <= t.first_audio_ms)
+        us = sum(per_seq.get(st.event.seq, 0) for st in steps if t.t_ms <= st.event.t_ms <= t.first_audio_ms)
         out[t.index] = round(us / 1000)
     return out
 
@@ -171,10 +173,10 @@ class _Builder:
 
     # --------------------------------------------------------------------------------- the walk
 
-    def run(self, steps: list[Observed], ts: list[Turn]) -> None:
+    def run(self, steps: list[Step], ts: list[Turn]) -> None:
         pending_turns = list(ts)
-        for o in steps:
-            st, e = o.step, o.step.event
+        for st in steps:
+            e = st.event
             row = Row(t_ms=e.t_ms, seq=e.seq)
             taken = (st.before == "listening" and st.after == "thinking") or (
                 isinstance(e, ev.Dtmf) and any(isinstance(x, ev.EnterNode) for x in st.effects))
@@ -183,15 +185,15 @@ class _Builder:
             self.on_input(e, st, row)
             for x in st.effects:
                 self.on_effect(x, st, row)
-            if "barge_in" in o.triggers:
+            if "barge_in" in st.triggers:
                 self.barge_in(e, row)
-            if "resume" in o.triggers:
+            if "resume" in st.triggers:
                 self.false_interruptions.append(e.t_ms)
                 self.points.append(Point("barge-ins", e.t_ms, "resume",
                                          "false interruption: no words came, the unheard rest is resumed",
                                          "resume", e.seq))
                 row.effects.append("false interruption: resume")
-            path = o.path()
+            path = [st.before, *(DEST[t] for t in st.triggers)]
             if len(path) > 1:
                 row.state = " → ".join(path)
                 start, name = self.state_from
@@ -377,10 +379,10 @@ class _Builder:
 def build(flow: Flow, log: list[ev.Event], *, call_id: str = "call", outcome: str | None = None,
           meta: dict[str, Any] | None = None) -> Timeline:
     """The timeline of a logged call (its log must reproduce under ``flow`` for the states to be right)."""
-    steps = observe(flow, log)
-    ts = turns(flow, log)
+    run = steps(flow, log, watch=True)
+    ts = turns(flow, log, watch=True)
     b = _Builder(flow, log)
-    b.run(steps, ts)
+    b.run(run, ts)
     end = max((e.t_ms for e in log), default=0)
     b.agent_spans()
     end = max([end, *(s.end_ms for s in b.spans)])
@@ -395,4 +397,4 @@ def build(flow: Flow, log: list[ev.Event], *, call_id: str = "call", outcome: st
     return Timeline(call_id=call_id, flow=flow.name, duration_ms=end, spans=b.spans, points=b.points,
                     rows=b.rows, turns=ts, barge_ins=b.barge_ins, false_interruptions=b.false_interruptions,
                     fillers=b.fillers, reprompts=b.reprompts, tools=list(b.tools.values()), outcome=outcome,
-                    engine_ms=_engine_ms(meta, ts, steps))
+                    engine_ms=_engine_ms(meta, ts, run))

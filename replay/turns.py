@@ -22,6 +22,9 @@ class Step:
     before: str
     after: str
     effects: list[ev.Effect]
+    #: The transitions this input fired, in order (filled by ``steps(..., watch=True)`` only). A step can
+    #: pass through a state: a barge-in is speaking -> interrupted -> listening in one input.
+    triggers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -61,26 +64,43 @@ class Turn:
         }
 
 
-def steps(flow: Flow, log: list[ev.Event]) -> list[Step]:
-    """Re-run the machine over the logged inputs, keeping the state before and after each one."""
-    machine = CallMachine(flow)
+class _Watched(CallMachine):
+    """The call machine, noting which rows of its transition table each input took."""
+
+    fired: list[str]
+
+    def fire(self, trigger: str) -> bool:
+        ok = super().fire(trigger)
+        if ok:
+            self.fired.append(trigger)
+        return ok
+
+
+def steps(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Step]:
+    """Re-run the machine over the logged inputs, keeping the state before and after each one (and, with
+    ``watch``, the transitions each input fired)."""
+    machine = _Watched(flow)
     out = []
     for e in log:
         if isinstance(e, ev.Input):
+            machine.fired = []
             before = machine.state
             _, effects = machine.step(e)
-            out.append(Step(e, before, machine.state, effects))
+            out.append(Step(e, before, machine.state, effects, machine.fired if watch else []))
     return out
 
 
-def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
+def turns(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Turn]:
+    """The caller's turns and their latencies. With ``watch``, a turn is the machine's own ``endpoint``
+    transition, so a turn whose reply was ready at once (listening -> thinking -> speaking or
+    tool_pending in one step) counts too; without it, only steps that end in thinking do."""
     result: list[Turn] = []
     finals: list[str] = []
     speech_end: int | None = None
     final_t: int | None = None
     speaks: dict[int, Turn] = {}
     llm_turn: dict[int, Turn] = {}
-    for st in steps(flow, log):
+    for st in steps(flow, log, watch=watch):
         e = st.event
         if isinstance(e, ev.SpeechStopped):
             speech_end = e.end_ms if e.end_ms is not None else e.t_ms
@@ -89,8 +109,8 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
             final_t = e.t_ms
             if e.end_ms is not None and (speech_end is None or speech_end < (e.start_ms or 0)):
                 speech_end = e.end_ms
-        taken = (st.before == "listening" and st.after == "thinking") or (isinstance(e, ev.Dtmf) and any(
-            isinstance(x, ev.EnterNode) for x in st.effects))
+        taken = (st.before == "listening" and st.after == "thinking") or "endpoint" in st.triggers or (
+            isinstance(e, ev.Dtmf) and any(isinstance(x, ev.EnterNode) for x in st.effects))
         if taken:
             caller = " ".join(finals) if not isinstance(e, ev.Dtmf) else f"[DTMF {e.digit}]"
             end = speech_end if not isinstance(e, ev.Dtmf) else e.t_ms
