@@ -19,7 +19,7 @@ from typing import Any
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import TRANSITIONS
-from replay.turns import Step, Turn, steps, turns
+from replay.turns import Step, Turn, steps, takes_turn, turns
 
 NO_WORDS = "(no words)"
 #: trigger -> the state it leads to (each trigger of the table has one destination)
@@ -178,8 +178,7 @@ class _Builder:
         for st in steps:
             e = st.event
             row = Row(t_ms=e.t_ms, seq=e.seq)
-            taken = (st.before == "listening" and st.after == "thinking") or (
-                isinstance(e, ev.Dtmf) and any(isinstance(x, ev.EnterNode) for x in st.effects))
+            taken = takes_turn(st)
             if taken and pending_turns:
                 self.rows.append(Row(t_ms=e.t_ms, seq=e.seq, turn=pending_turns.pop(0)))
             self.on_input(e, st, row)

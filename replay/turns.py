@@ -90,6 +90,12 @@ def steps(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Step]
     return out
 
 
+def takes_turn(st: Step) -> bool:
+    """Does this step start a caller turn (the endpoint, or a DTMF key that moves the flow)?"""
+    return (st.before == "listening" and st.after == "thinking") or "endpoint" in st.triggers or (
+        isinstance(st.event, ev.Dtmf) and any(isinstance(x, ev.EnterNode) for x in st.effects))
+
+
 def turns(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Turn]:
     """The caller's turns and their latencies. With ``watch``, a turn is the machine's own ``endpoint``
     transition, so a turn whose reply was ready at once (listening -> thinking -> speaking or
@@ -109,8 +115,7 @@ def turns(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Turn]
             final_t = e.t_ms
             if e.end_ms is not None and (speech_end is None or speech_end < (e.start_ms or 0)):
                 speech_end = e.end_ms
-        taken = (st.before == "listening" and st.after == "thinking") or "endpoint" in st.triggers or (
-            isinstance(e, ev.Dtmf) and any(isinstance(x, ev.EnterNode) for x in st.effects))
+        taken = takes_turn(st)
         if taken:
             caller = " ".join(finals) if not isinstance(e, ev.Dtmf) else f"[DTMF {e.digit}]"
             end = speech_end if not isinstance(e, ev.Dtmf) else e.t_ms

@@ -258,7 +258,7 @@ class WhatIf:
                                  f"({MS_PER_CHAR} ms a character): the log never synthesized all of it")
 
     def turn_of(self, x: ev.Effect) -> int:
-        taken = sum(1 for t in turns(self.flow, self.result.log) if t.t_ms <= x.t_ms)
+        taken = sum(1 for t in turns(self.flow, self.result.log, watch=True) if t.t_ms <= x.t_ms)
         return max(1, taken + (1 if isinstance(x, ev.StartLlm) and x.preemptive else 0))
 
     def stop(self, t_ms: int, x: ev.Effect, why: str) -> None:
