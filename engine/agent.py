@@ -173,7 +173,7 @@ class AgentActions:
         target = node.on_dtmf.get(e.digit) if node is not None else None
         if target is not None and self.closing is None:
             self.stop_agent()
-            return self.enter_node(target)
+            return self.enter_node(target, caller=f"[pressed {e.digit}]")
         if self.state == "listening":  # keypad entry (a PIN, a number) is the caller's words
             self.user_pending.append(e.digit)
             self.cancel_timer("idle")
@@ -193,7 +193,8 @@ class AgentActions:
             self.cancel_timer(name)
         self.commit_reply()
 
-    def enter_node(self: CallMachine, name: str, *, first: bool = False) -> None:
+    def enter_node(self: CallMachine, name: str, *, first: bool = False, caller: str | None = None) -> None:
+        """Move to node ``name``; ``caller`` is set when the caller's own choice (a key) moved it."""
         node = self.flow.nodes[name]
         self.node = name
         self.emit(ev.EnterNode, node=name)
@@ -208,7 +209,8 @@ class AgentActions:
             if node.say:
                 self.say(node.say, "greeting")
             return
-        self.new_turn()
+        if caller is not None:
+            self.new_turn(caller)
         if node.say:
             self.say(node.say, "reply")
         else:

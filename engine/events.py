@@ -337,6 +337,14 @@ class Transfer(Effect):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Respond(Effect):
+    """Answer the caller's turn ``turn`` (their words, or a keypress): marks where each turn starts."""
+
+    turn: int
+    caller: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EnterNode(Effect):
     """The flow moved to another node (nothing to carry out; on the record for timelines)."""
 
@@ -361,7 +369,7 @@ REGISTRY: dict[str, type[Event]] = {
         LlmToken, LlmToolCall, LlmDone, LlmError, TtsAudio, TtsDone, TtsError, PlaybackMark,
         ToolResult, TimerFired, ProviderNotice,
         StartLlm, CancelLlm, Speak, CancelTts, SendAudio, SendMark, ClearPlayback, CallTool,
-        CancelTool, SetTimer, CancelTimer, Hangup, Transfer, EnterNode, Ignored,
+        CancelTool, SetTimer, CancelTimer, Hangup, Transfer, Respond, EnterNode, Ignored,
     )
 }
 _BASE_FIELDS = ("t_ms", "seq", "cause")

@@ -140,7 +140,7 @@ class TurnLogic(ReplyActions, AgentActions):
         self.user_pending = []
         self.context.add_user(text)
         self.fire("endpoint")
-        self.new_turn()
+        self.new_turn(text)
         if keep:
             self.llm_preemptive = False  # its output was held until now: release it
             self.pump_reply()
@@ -149,8 +149,9 @@ class TurnLogic(ReplyActions, AgentActions):
         else:
             self.start_llm()
 
-    def new_turn(self) -> None:
+    def new_turn(self, caller: str) -> None:
         self.turn_count += 1
+        self.emit(ev.Respond, turn=self.turn_count, caller=caller)
         self.filler_used = False
         self.reply_started = False
         self.reply_heard = []

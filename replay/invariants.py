@@ -98,8 +98,7 @@ def one_filler_per_turn(steps: list[Step], flow: Flow) -> list[Violation]:
     fillers = 0
     after = flow.turn_taking.filler.after_ms
     for st in steps:
-        if (st.before == "listening" and st.after == "thinking") or any(
-                isinstance(x, ev.EnterNode) for x in st.effects):
+        if any(isinstance(x, ev.Respond) for x in st.effects):
             turn_start, fillers = st.event.t_ms, 0
         for x in st.effects:
             if isinstance(x, ev.Speak) and x.purpose == "filler":

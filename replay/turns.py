@@ -91,9 +91,9 @@ def steps(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Step]
 
 
 def takes_turn(st: Step) -> bool:
-    """Does this step start a caller turn (the endpoint, or a DTMF key that moves the flow)?"""
-    return (st.before == "listening" and st.after == "thinking") or "endpoint" in st.triggers or (
-        isinstance(st.event, ev.Dtmf) and any(isinstance(x, ev.EnterNode) for x in st.effects))
+    """Does this step start a caller turn? The machine says so with a Respond effect (the endpoint, or a
+    DTMF key that moves the flow)."""
+    return any(isinstance(x, ev.Respond) for x in st.effects)
 
 
 def turns(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Turn]:
