@@ -63,6 +63,7 @@ class LocalSttSession:
         self.frames = 0
         self.speech_frames = 0
         self.interim_sent = False
+        self.transcribed = False  # this utterance's final was already sent (on Finalize)
         self.emit: Emit | None = None
         self.pending: set[asyncio.Task[None]] = set()
 
@@ -73,7 +74,7 @@ class LocalSttSession:
         change = self.vad.feed(mulaw, self.frames * 20)
         self.frames += 1
         if change == "start":
-            self.speech_frames, self.interim_sent = 0, False
+            self.speech_frames, self.interim_sent, self.transcribed = 0, False, False
         if self.vad.in_speech:
             self.speech_frames += 1
             if (not self.interim_sent and self.speech_frames * 20 >= self.cfg.interim_ms
@@ -81,13 +82,19 @@ class LocalSttSession:
                 self.interim_sent = True
                 first = " ".join(self.lines[self.next_line].split()[:2])
                 self._emit(ev.Transcript(t_ms=0, text=first, is_final=False))
+        if change == "stop":
+            self._transcribe()
+
+    def _transcribe(self) -> None:
         long_enough = self.vad.speech_ms() >= self.cfg.min_utterance_ms  # a cough gets no words
-        if change == "stop" and long_enough and self.next_line < len(self.lines):
-            text = self.lines[self.next_line]
-            self.next_line += 1
-            task = asyncio.create_task(self._final(text))
-            self.pending.add(task)
-            task.add_done_callback(self.pending.discard)
+        if self.transcribed or not long_enough or self.next_line >= len(self.lines):
+            return
+        self.transcribed = True
+        text = self.lines[self.next_line]
+        self.next_line += 1
+        task = asyncio.create_task(self._final(text))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
 
     async def _final(self, text: str) -> None:
         await asyncio.sleep(self.cfg.final_ms / 1000)
@@ -98,7 +105,9 @@ class LocalSttSession:
             self.emit(event)
 
     async def speech_stopped(self) -> None:
-        pass  # this session's own VAD cuts utterances
+        """Finalize (the runtime's VAD heard a stop): the final comes final_ms later, as Deepgram's does."""
+        if self.vad.in_speech:
+            self._transcribe()
 
     async def close(self) -> None:
         for task in self.pending:

@@ -378,7 +378,10 @@ def public_base(request: web.Request, public_url: str | None, *, ws: bool) -> st
 def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | None = None,
                skip_signature: bool = False, rest: TwilioRest | None = None,
                max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100) -> web.Application:
-    """``POST /twiml`` (the number's voice webhook) and ``GET /media`` (the Media Streams socket)."""
+    """``POST /twiml`` (the number's voice webhook) and ``GET /media`` (the Media Streams socket).
+
+    ``on_call(info, phone)`` returns the call's handle (engine.ports.CallHandle). ``rest`` is closed with the app.
+    """
     validator = RequestValidator(auth_token) if auth_token and not skip_signature else None
     if validator is None:
         log.warning("twilio: request signatures are not checked (%s)",

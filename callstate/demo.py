@@ -29,7 +29,7 @@ LOOKUP_DELAY_MS = 1300
 def demo_flow(webhook_url: str) -> Flow:
     return Flow.model_validate({
         "name": "shipment_status_demo",
-        "greeting": "Hi, this is Acme shipping. How can I help?",
+        "greeting": "Acme shipping, how can I help?",
         "system": "You are Acme's shipping assistant on the phone. Be brief.",
         "llm": {"provider": "local"}, "stt": {"provider": "local"}, "tts": {"provider": "local"},
         "tools": {"lookup_shipment": {
@@ -42,12 +42,12 @@ def demo_flow(webhook_url: str) -> Flow:
         "local": {
             "caller": [text for _, text in LINES],
             "replies": [
-                {"text": "Sure, I can check that for you. What's the tracking number?"},
+                {"text": "Sure. What's the tracking number?"},
                 {"tool": "lookup_shipment", "arguments": {"tracking_number": "451992"}},
-                {"text": "Your parcel 451992 is running a day late. It left our Memphis hub this morning, "
-                         "and the new delivery estimate is Thursday before noon. I'm sorry about the delay."},
-                {"text": "Of course. I'll text the details to this number. Anything else?"},
-                {"text": "Thanks for calling Acme. Goodbye!"},
+                {"text": "It's running a day late. It left our Memphis hub this morning, and the new "
+                         "delivery estimate is Thursday before noon. I'm sorry about the delay."},
+                {"text": "Of course, I'll text you. Anything else?"},
+                {"text": "Thanks for calling. Bye!"},
             ],
         },
     })

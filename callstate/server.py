@@ -98,6 +98,7 @@ class Server:
         if self.calls:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()
+        await self.providers.aclose()
 
 
 async def start(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:

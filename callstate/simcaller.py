@@ -98,6 +98,7 @@ class SimCaller:
         self._line = 0  # index of the next line to start
         self._speech: bytes | None = None  # what is left of the line being spoken
         self._closing = False
+        self._receiver: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------ run
 
@@ -113,7 +114,7 @@ class SimCaller:
                 "accountSid": self.account_sid, "callSid": self.call_sid, "streamSid": self.stream_sid,
                 "tracks": ["inbound"], "customParameters": self.params,
                 "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
-            receiver = loop.create_task(self._receive(ws))
+            receiver = self._receiver = loop.create_task(self._receive(ws))
             try:
                 await self._talk(ws)
             finally:
@@ -131,7 +132,8 @@ class SimCaller:
         loop = self._loop
         assert loop is not None
         n = 0
-        while not self.result.server_closed:
+        # A receiver that died (the server sent something unreadable) ends the call; run() re-raises its error.
+        while not self.result.server_closed and not (self._receiver and self._receiver.done()):
             now = self._now_ms()
             if now >= self.timeout_s * 1000:
                 self.result.timed_out = True
@@ -199,6 +201,7 @@ class SimCaller:
 
     async def _play_tick(self, ws: aiohttp.ClientWebSocketResponse, now: int) -> None:
         # The frame played last tick has finished: marks now at the head have had all their audio played.
+        self._busy_until_ms = min(self._busy_until_ms, now)
         await self._echo_head_marks(ws, now)
         budget = FRAME_BYTES
         while budget and self._playback and isinstance(self._playback[0], bytes):
@@ -271,5 +274,7 @@ class SimCaller:
             await ws.send_str(json.dumps(msg, separators=(",", ":")))
 
     async def _stop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if self._closing:  # once: a hang-up line and the end of the script both land here
+            return
         self._closing = True
         await self._send(ws, "stop", {"stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})

@@ -53,6 +53,14 @@ class Providers:
     vad: Callable[[], Vad]
     tts_fallback: Tts | None = None
 
+    async def aclose(self) -> None:
+        """Close the shared clients (HTTP sessions) of the adapters that have them."""
+        for adapter in (self.stt, self.llm, self.tts, self.tools, self.tts_fallback):
+            closer = getattr(adapter, "aclose", None) or getattr(adapter, "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
 
 @dataclass
 class CallStats:

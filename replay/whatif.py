@@ -85,6 +85,11 @@ class _Logged:
                 self.answers.setdefault(e.cause, []).append(e)
         self.used: set[int] = set()
         self.counts: Counter[str] = Counter()
+        self.end_ms = log[-1].t_ms if log else 0
+
+    def known_until(self, seq: int) -> int:
+        """Until when the log knows what answered this request: its cancel, else the end of the log."""
+        return self.cancelled_at.get(seq, self.end_ms)
 
     def complete(self, seq: int) -> bool:
         return any(isinstance(a, FINAL) for a in self.answers.get(seq, []))
@@ -148,7 +153,9 @@ class WhatIf:
         limit = self.flow.turn_taking.max_call_ms + 60_000
         while self.queue and self.machine.state != "ended":
             p = heapq.heappop(self.queue)
-            if (p.tag is not None and p.tag in self.cancelled) or p.t_ms > limit:
+            if p.t_ms > limit:
+                break
+            if p.tag is not None and p.tag in self.cancelled:
                 continue
             if p.need is not None:
                 self.stop(p.t_ms, *p.need)
@@ -219,8 +226,8 @@ class WhatIf:
             answers = self.replay_answers(x, logged)
             if self.logged.complete(logged.seq):
                 return
-            known = max([self.logged.cancelled_at.get(logged.seq, logged.t_ms), *(a.t_ms for a in answers)])
-            why = f"the logged request #{logged.seq} was cancelled after {known - logged.t_ms} ms, before its answer"
+            known = max([self.logged.known_until(logged.seq), *(a.t_ms for a in answers)])
+            why = f"the logged request #{logged.seq} got no full answer in its {known - logged.t_ms} ms"
             self.at(x.t_ms + known - logged.t_ms, None, tag=x.seq, need=(x, f"needs {what} the log does not have "
                                                                           f"({why})"))
             return
@@ -244,6 +251,7 @@ class WhatIf:
             sent = sum(a.duration_ms for a in audio)
             if audio:
                 t = x.t_ms + audio[-1].t_ms - logged.t_ms + self.tts_gap
+            t = max(t, x.t_ms + self.logged.known_until(logged.seq) - logged.t_ms)
         left = max(self.chunk_ms if not sent else 0, len(x.text) * MS_PER_CHAR - sent)
         while left > 0:
             chunk = min(self.chunk_ms, left)

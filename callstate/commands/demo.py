@@ -32,8 +32,8 @@ async def _demo(db: str) -> int:
     server = Server(flow, build_providers(flow, {}), store, skip_signature=True)
     runner, port = await start(server)
     print(f"engine serve on 127.0.0.1:{port} (offline providers); shipment API on {hook.url}")
-    lines = [CallerLine(audio=load_fixture(name)) for name, _ in LINES]
-    lines[2] = CallerLine(audio=load_fixture(LINES[2][0]), barge_in_after_ms=2500)  # over the long answer
+    lines = [CallerLine(audio=load_fixture(name), gap_ms=300) for name, _ in LINES]
+    lines[2] = CallerLine(audio=load_fixture(LINES[2][0]), barge_in_after_ms=2200)  # over the long answer
     caller = SimCaller(f"ws://127.0.0.1:{port}/media", lines=lines, params=caller_params())
     began = time.monotonic()
     await caller.run()
