@@ -157,6 +157,10 @@ class LiveCall:
                 if self.machine.state == "listening" or isinstance(stamped, ev.CallEnded):
                     self.store.flush()  # a turn boundary: what is flushed survives a crash
                 if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
+                    if stamped.reason not in ("stop", "ws_closed_without_stop", "hangup", "transfer"):
+                        # ended from our side (shutdown): hang up, or the caller hears silence forever
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(self.phone.hangup(), 5)
                     break
         except Exception:
             log.exception("call %s: runtime failure; ending the call", self.call_id)
