@@ -69,7 +69,7 @@ def test_a_whole_call_with_a_barge_in(tmp_path: Path) -> None:
     callers = [([line("shipment_1"), line("shipment_2"), line("shipment_3", barge_in_after_ms=1500),
                  line("shipment_4")], {})]
     (result,) = asyncio.run(run_calls(flow, tmp_path / "c.db", callers))
-    ((call_id, log),) = load_all(tmp_path / "c.db").items()
+    ((_call_id, log),) = load_all(tmp_path / "c.db").items()
     check(flow, log)
     responds = [e.caller for e in log if isinstance(e, ev.Respond)]
     assert responds == flow.local.caller  # each utterance, cut by the VAD, got its scripted transcript
@@ -152,7 +152,7 @@ def test_sigterm_mid_call_loses_no_event(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert proc.wait(20) == 0
-    ((call_id, log),) = load_all(db).items()
+    ((_call_id, log),) = load_all(db).items()
     flow = load_flow(LOCAL_FLOW)
     check(flow, log)
     ended = [e for e in log if isinstance(e, ev.CallEnded)]
