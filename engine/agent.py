@@ -201,6 +201,8 @@ class AgentActions:
         self.context.set_system(self.system_prompt())
         if node.context == "reset" and not first:
             self.context.reset(node.summary or "; ".join(self.context.caller_lines()))
+        if caller is not None:
+            self.new_turn(caller)
         if node.end is not None:
             return self.close_call(node.end, ev.Hangup, reason="flow_end")
         if node.transfer is not None:
@@ -209,8 +211,6 @@ class AgentActions:
             if node.say:
                 self.say(node.say, "greeting")
             return
-        if caller is not None:
-            self.new_turn(caller)
         if node.say:
             self.say(node.say, "reply")
         else:
