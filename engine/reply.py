@@ -27,7 +27,8 @@ class ReplyActions:
         if self.llm_rounds > self.MAX_LLM_ROUNDS:
             return self.say(self.flow.fallback.llm, "fallback")
         self.llm_buffer, self.llm_text, self.llm_calls, self.llm_done = "", [], [], False
-        pending = " ".join(self.user_pending) if preemptive else ""
+        pending = " ".join([*self.user_pending, self.interim]) if preemptive else ""
+        self.llm_basis = self.pending_words() if preemptive else ()
         msgs = self.context.messages(pending)
         self.llm = self.emit(ev.StartLlm, messages=msgs, tools=self.offered_tools(), preemptive=preemptive).seq
         self.llm_preemptive = preemptive

@@ -25,6 +25,9 @@ class TurnLogic(ReplyActions, AgentActions):
         self.user_pending: list[str] = []  # final transcripts of the caller's turn, not yet in context
         self.caller_speaking = False
         self.speech_start = 0
+        self.speech_end: int | None = None  # when the caller's last speech ended (VAD, else STT word end)
+        self.interim = ""  # the STT's latest interim since the last final (listening only)
+        self.llm_basis: tuple[str, ...] = ()  # the caller's words a preemptive request was started on
         self.cand_start: int | None = None  # barge-in candidate: when the caller started over the agent
         self.cand_finals: list[str] = []
         self.cand_interim = ""
@@ -59,6 +62,7 @@ class TurnLogic(ReplyActions, AgentActions):
             return self.ignore("already_speaking")
         self.caller_speaking = True
         self.speech_start = e.t_ms
+        self.speech_end = None
         self.cancel_timer("idle")
         if self.state == "listening":
             self.cancel_timer("endpoint")  # the caller goes on: wait for their next final
@@ -70,15 +74,18 @@ class TurnLogic(ReplyActions, AgentActions):
         if not self.caller_speaking:
             return self.ignore("not_speaking")
         self.caller_speaking = False
+        self.speech_end = e.end_ms if e.end_ms is not None else e.t_ms
         self.release_held()
         if self.cand_start is not None and self.state != "interrupted":
             self.cancel_timer("barge_in")  # a cough or an "uh-huh": nothing changes
             self.cand_start = None
             self.release_reply()
         if self.state == "listening":
+            if self.interim and self.tt.preemptive_generation:
+                self.speculate()
             if self.user_pending:
                 self.arm_endpoint()
-            else:
+            elif not self.interim:
                 self.set_timer("idle", self.now + self.tt.idle.reprompt_ms)
 
     def on_Transcript(self, e: ev.Transcript) -> None:
@@ -96,9 +103,13 @@ class TurnLogic(ReplyActions, AgentActions):
                 self.after_final()
         elif self.state == "listening":
             if e.is_final:
+                self.interim = ""
                 self.user_pending.append(text)
+                if e.end_ms is not None and not self.caller_speaking:
+                    self.speech_end = max(self.speech_end or 0, e.end_ms)
                 self.after_final()
             else:
+                self.interim = text
                 self.cancel_timer("endpoint")
         elif self.agent_busy() and self.closing is None:
             if self.cand_start is None:
@@ -127,17 +138,31 @@ class TurnLogic(ReplyActions, AgentActions):
     def after_final(self) -> None:
         self.arm_endpoint()
         if self.tt.preemptive_generation and self.state == "listening":
+            if not (self.llm is not None and self.llm_preemptive and self.llm_basis == self.pending_words()):
+                self.start_llm(preemptive=True)  # else: the speculation on the interim was right; keep it
+
+    def speculate(self) -> None:
+        """The caller stopped and the STT's last interim is all we have: start the LLM on it now. If the
+        final transcript says the same words, its answer is kept; if not, it is cancelled and redone."""
+        if not (self.llm is not None and self.llm_preemptive and self.llm_basis == self.pending_words()):
             self.start_llm(preemptive=True)
 
+    def pending_words(self) -> tuple[str, ...]:
+        return tuple(policy.words(" ".join([*self.user_pending, self.interim])))
+
     def arm_endpoint(self) -> None:
+        """The wait counts from the end of the caller's speech, not from the final's arrival (LiveKit's
+        min_endpointing_delay does the same): the STT's own lag is silence the caller already waited."""
         wait = policy.endpoint_wait_ms(" ".join(self.user_pending), self.tt.endpointing)
-        self.set_timer("endpoint", self.now + wait)
+        since = self.speech_end if self.speech_end is not None and not self.caller_speaking else self.now
+        self.set_timer("endpoint", max(self.now, since + wait))
 
     def take_turn(self) -> None:
         """The caller's turn is over: commit their words and answer."""
         text = " ".join(self.user_pending)
-        keep = self.llm is not None and self.llm_preemptive
+        keep = self.llm is not None and self.llm_preemptive and self.llm_basis == self.pending_words()
         self.user_pending = []
+        self.interim = ""
         self.context.add_user(text)
         self.fire("endpoint")
         self.new_turn(text)

@@ -39,13 +39,13 @@ def test_endpoint_wait_depends_on_how_the_transcript_ends(text: str, wait: int) 
     c = CallScript()
     effects = c.say(1000, text)
     timer = next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint")
-    assert timer.at_ms == 1950 + wait
+    assert timer.at_ms == max(1950, 1800 + wait)  # counted from the end of speech (1800), not the final
 
 
 def test_flow_regex_rule_sets_its_own_wait() -> None:
     c = CallScript(flow(turn_taking={"endpointing": {"rules": [{"pattern": r"account number", "wait_ms": 2500}]}}))
     effects = c.say(1000, "My account number is.")
-    assert next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint").at_ms == 1950 + 2500
+    assert next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint").at_ms == 1800 + 2500
 
 
 def test_new_speech_cancels_the_endpoint_wait() -> None:
@@ -90,6 +90,38 @@ def test_preemptive_generation_is_cancelled_when_the_caller_goes_on() -> None:
     assert c.last(ev.CancelLlm).cause == first.seq
     second = c.last(ev.StartLlm)
     assert second.messages[-1].content == "I want to change my booking."
+
+
+def test_the_endpoint_never_comes_before_the_final_transcript() -> None:
+    c = CallScript()
+    effects = c.say(1000, "Yes.", final_after_ms=900)  # a slow STT: the final comes 900 ms after speech
+    timer = next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint")
+    assert timer.at_ms == timer.t_ms == 2700
+
+
+def test_speculation_on_the_last_interim_is_kept_when_the_final_agrees() -> None:
+    c = CallScript()
+    c.feed(ev.SpeechStarted(t_ms=1000))
+    c.feed(ev.Transcript(t_ms=1500, text="is my shipment delayed", is_final=False))
+    effects = c.feed(ev.SpeechStopped(t_ms=1900, end_ms=1800))
+    (spec,) = [e for e in effects if isinstance(e, ev.StartLlm)]
+    assert spec.preemptive and spec.messages[-1].content == "is my shipment delayed"
+    effects = c.feed(ev.Transcript(t_ms=2050, text="Is my shipment delayed?", is_final=True))
+    assert not [e for e in effects if isinstance(e, ev.StartLlm | ev.CancelLlm)]  # same words: kept
+    c.feed(spec.token(t_ms=2100, text="Let me check that for you. "))
+    c.fire("endpoint")
+    assert c.last(ev.Speak).text == "Let me check that for you." and c.state == "speaking"
+    assert c.last(ev.Respond).caller == "Is my shipment delayed?"
+
+
+def test_speculation_is_redone_when_the_final_differs() -> None:
+    c = CallScript()
+    c.feed(ev.SpeechStarted(t_ms=1000))
+    c.feed(ev.Transcript(t_ms=1500, text="is my shipment", is_final=False))
+    spec = next(e for e in c.feed(ev.SpeechStopped(t_ms=1900, end_ms=1800)) if isinstance(e, ev.StartLlm))
+    effects = c.feed(ev.Transcript(t_ms=2050, text="Is my shipment delayed?", is_final=True))
+    assert [type(e).__name__ for e in effects if isinstance(e, ev.StartLlm | ev.CancelLlm)] == ["CancelLlm", "StartLlm"]
+    assert c.last(ev.CancelLlm).cause == spec.seq
 
 
 def test_preemptive_generation_off_starts_the_llm_only_at_the_endpoint() -> None:
@@ -224,10 +256,10 @@ def test_audio_after_a_barge_in_is_dropped() -> None:
 def test_one_filler_after_the_silence_and_never_a_second() -> None:
     c = CallScript()
     c.say(1000, "Is it delayed?")
-    c.fire("endpoint")  # t = 2150
+    c.fire("endpoint")  # t = 2000: 200 ms after the speech ended at 1800
     effects = c.fire("filler")
     assert [(e.text, e.purpose, e.t_ms) for e in effects if isinstance(e, ev.Speak)] == [
-        ("One moment.", "filler", 2150 + 700)]
+        ("One moment.", "filler", 2000 + 700)]
     c.answer(3000, "It is on time.")
     assert len([e for e in c.all(ev.SetTimer) if e.name == "filler"]) == 1
 
