@@ -138,12 +138,12 @@ class TurnLogic(ReplyActions, AgentActions):
     def after_final(self) -> None:
         self.arm_endpoint()
         if self.tt.preemptive_generation and self.state == "listening":
-            if not (self.llm is not None and self.llm_preemptive and self.llm_basis == self.pending_words()):
-                self.start_llm(preemptive=True)  # else: the speculation on the interim was right; keep it
+            self.speculate()  # a no-op when the speculation on the last interim had these very words
 
     def speculate(self) -> None:
-        """The caller stopped and the STT's last interim is all we have: start the LLM on it now. If the
-        final transcript says the same words, its answer is kept; if not, it is cancelled and redone."""
+        """Start the LLM on what the caller has said so far (finals, then the last interim) unless a
+        preemptive request on exactly these words is running. At VAD stop the interim is all there is; if
+        the final says the same words, that request's answer is kept, else it is cancelled and redone."""
         if not (self.llm is not None and self.llm_preemptive and self.llm_basis == self.pending_words()):
             self.start_llm(preemptive=True)
 
