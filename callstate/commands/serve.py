@@ -53,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
-
     from callstate.server import Server, start
     from engine.store import SqliteStore
 
