@@ -181,12 +181,7 @@ class AgentActions:
         self.ignore("no_dtmf_route")
 
     def stop_agent(self: CallMachine) -> None:
-        heard, synthesizing = self.playback.clear(self.now)
-        if heard:
-            self.emit(ev.ClearPlayback)
-        for seq in synthesizing:
-            self.cancelled.add(seq)
-            self.emit(ev.CancelTts, cause=seq)
+        self.stop_playback(clear=True)
         self.cancel_llm()
         self.cancel_tools("cancelled: the caller chose another step")
         for name in ("filler", "endpoint", "barge_in", "false_interruption"):

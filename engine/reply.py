@@ -118,6 +118,18 @@ class ReplyActions:
         seq = self.emit(ev.Speak, text=text, purpose=purpose).seq
         self.playback.add(seq, text, purpose)
 
+    def stop_playback(self, *, clear: bool) -> list[tuple[SpeakState, str]]:
+        """Drop every queued line: ClearPlayback first (the caller stops hearing the agent at once; it is
+        the effect that matters to them), then cancel the syntheses upstream. Returns each dropped line
+        with the part of it that was heard."""
+        heard, synthesizing = self.playback.clear(self.now)
+        if clear and any(s.sent_ms for s, _ in heard):
+            self.emit(ev.ClearPlayback)
+        for seq in synthesizing:
+            self.cancelled.add(seq)
+            self.emit(ev.CancelTts, cause=seq)
+        return heard
+
     def release_held(self) -> None:
         held, self.playback.held = self.playback.held, []
         for text, purpose in held:

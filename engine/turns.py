@@ -217,12 +217,7 @@ class TurnLogic(ReplyActions, AgentActions):
 
     def after_barge_in(self) -> None:
         words = self.candidate_text()
-        heard, synthesizing = self.playback.clear(self.now)
-        if heard:
-            self.emit(ev.ClearPlayback)
-        for seq in synthesizing:
-            self.cancelled.add(seq)
-            self.emit(ev.CancelTts, cause=seq)
+        heard = self.stop_playback(clear=True)
         self.cancel_llm()
         self.cancel_tools("cancelled: the caller interrupted")
         for name in ("barge_in", "filler", *[n for n in self.timers if n.startswith("tool_delay")]):
@@ -320,10 +315,7 @@ class TurnLogic(ReplyActions, AgentActions):
 
     def end_everything(self) -> None:
         """Answer or cancel every open request, so nothing is left in flight at call end."""
-        _heard, synthesizing = self.playback.clear(self.now)
-        for seq in synthesizing:
-            self.cancelled.add(seq)
-            self.emit(ev.CancelTts, cause=seq)
+        self.stop_playback(clear=False)
         self.cancel_llm()
         self.cancel_tools("cancelled: the call ended")
         for name in list(self.timers):
