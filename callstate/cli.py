@@ -33,10 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     # Only the chosen command's module is imported, so `engine validate` never loads aiohttp or the SDKs.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name in COMMANDS:
-        try:
-            mod = _load(name) if name == chosen else None
-        except ModuleNotFoundError:
-            continue
+        mod = _load(name) if name == chosen else None
         p = sub.add_parser(name, help=getattr(mod, "HELP", None) if mod else None)
         if mod is not None:
             mod.configure(p)
