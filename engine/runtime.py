@@ -154,8 +154,10 @@ class LiveCall:
                     self.stats.barge_in_us.append(elapsed)
                 if self.on_step is not None:
                     self.on_step(self, stamped, effects, before, elapsed)
-                if self.machine.state == "listening" or isinstance(stamped, ev.CallEnded):
-                    self.store.flush()  # a turn boundary: what is flushed survives a crash
+                if (before != "listening" and self.machine.state == "listening") or isinstance(stamped, ev.CallEnded):
+                    # a turn boundary (the agent is done): what is flushed survives a crash. Not at the
+                    # endpoint: that step starts the answer, and a flush would delay it by ~0.3 ms.
+                    self.store.flush()
                 if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
                     if stamped.reason not in ("stop", "ws_closed_without_stop", "hangup", "transfer"):
                         # ended from our side (shutdown): hang up, or the caller hears silence forever
@@ -187,11 +189,14 @@ class LiveCall:
 
     async def _fail(self) -> None:
         """Say the fallback line where the phone still works, then end the call."""
-        with contextlib.suppress(Exception):
+        async def say_and_hang_up() -> None:
             speak = ev.Speak(t_ms=self.now_ms(), text=self.flow.fallback.llm, purpose="fallback")
             async for chunk in self.p.tts.synthesize(speak):
                 await self.phone.send_audio(chunk)
             await self.phone.hangup()
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(say_and_hang_up(), 10)
 
     # ------------------------------------------------------------------------------ effects
 
