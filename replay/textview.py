@@ -15,7 +15,7 @@ from typing import TextIO
 from replay.timeline import Row, Timeline, sec
 from replay.turns import Turn, percentile
 
-_W = {"time": 8, "state": 24, "caller": 34, "agent": 40}
+_W = {"time": 8, "state": 36, "caller": 32, "agent": 38}
 _COLORS = {"caller": "36", "agent": "32", "state": "33", "turn": "1;35", "barge": "1;31", "dim": "2"}
 #: Short names of Turn.parts() keys, in waterfall order.
 PART_NAMES = {"stt_final_ms": "stt final", "endpointing_ms": "endpointing", "llm_first_token_ms": "llm first token",

@@ -127,8 +127,7 @@ def _engine_ms(meta: dict[str, Any] | None, ts: list[Turn], steps: list[Step]) -
 
 
 class _Builder:
-    def __init__(self, flow: Flow, log: list[ev.Event]) -> None:
-        self.flow, self.log = flow, log
+    def __init__(self) -> None:
         self.spans: list[Span] = []
         self.points: list[Point] = []
         self.rows: list[Row] = []
@@ -137,7 +136,6 @@ class _Builder:
         self.chunks: list[list[Any]] = []  # [speak seq, start, end, cut_at | None]
         self.play_end = 0
         self.open: dict[tuple[str, int], tuple[int, str, str, str]] = {}  # (lane, seq) -> start, label, tip, css
-        self.timer_names: dict[int, str] = {}
         self.speech_from: int | None = None
         self.speech_words: list[str] = []
         self.speech_interim = ""
@@ -178,8 +176,7 @@ class _Builder:
         for st in steps:
             e = st.event
             row = Row(t_ms=e.t_ms, seq=e.seq)
-            taken = takes_turn(st)
-            if taken and pending_turns:
+            if takes_turn(st) and pending_turns:
                 self.rows.append(Row(t_ms=e.t_ms, seq=e.seq, turn=pending_turns.pop(0)))
             self.on_input(e, st, row)
             for x in st.effects:
@@ -335,7 +332,6 @@ class _Builder:
                 if self.end("tools", x.cause, t, f"\ncancelled at {sec(t)}", "cancelled"):
                     row.effects.append(f"tool #{x.cause} cancelled")
             case ev.SetTimer():
-                self.timer_names[x.seq] = x.name
                 self.begin("timers", x.seq, t, x.name, f"timer {x.name}: set {sec(t)} for {sec(x.at_ms)}")
             case ev.CancelTimer():
                 self.end("timers", x.cause, t, f"\ncancelled at {sec(t)}", "cancelled")
@@ -369,7 +365,7 @@ class _Builder:
             if heard_end > start:
                 self.spans.append(Span("agent", start, heard_end, text, tip, css + " heard", seq))
             if cut is not None and end > heard_end:
-                self.spans.append(Span("agent", heard_end, end, "(cut off)", tip, css + " cut", seq))
+                self.spans.append(Span("agent", heard_end, end, f"(cut) {text}", tip, css + " cut", seq))
             if purpose in ("filler", "tool_message"):
                 self.spans.append(Span("fillers", start, heard_end if heard_end > start else end, text, tip,
                                        purpose, seq))
@@ -379,8 +375,8 @@ def build(flow: Flow, log: list[ev.Event], *, call_id: str = "call", outcome: st
           meta: dict[str, Any] | None = None) -> Timeline:
     """The timeline of a logged call (its log must reproduce under ``flow`` for the states to be right)."""
     run = steps(flow, log, watch=True)
-    ts = turns(flow, log, watch=True)
-    b = _Builder(flow, log)
+    ts = turns(flow, log)
+    b = _Builder()
     b.run(run, ts)
     end = max((e.t_ms for e in log), default=0)
     b.agent_spans()

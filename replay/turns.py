@@ -96,17 +96,14 @@ def takes_turn(st: Step) -> bool:
     return any(isinstance(x, ev.Respond) for x in st.effects)
 
 
-def turns(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Turn]:
-    """The caller's turns and their latencies. With ``watch``, a turn is the machine's own ``endpoint``
-    transition, so a turn whose reply was ready at once (listening -> thinking -> speaking or
-    tool_pending in one step) counts too; without it, only steps that end in thinking do."""
+def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
     result: list[Turn] = []
     finals: list[str] = []
     speech_end: int | None = None
     final_t: int | None = None
     speaks: dict[int, Turn] = {}
     llm_turn: dict[int, Turn] = {}
-    for st in steps(flow, log, watch=watch):
+    for st in steps(flow, log):
         e = st.event
         if isinstance(e, ev.SpeechStopped):
             speech_end = e.end_ms if e.end_ms is not None else e.t_ms

@@ -28,7 +28,7 @@ from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine
 from engine.playback import MS_PER_CHAR
-from replay.turns import turns
+from replay.turns import steps, takes_turn
 
 CALLER_SIDE = (ev.CallStarted, ev.SpeechStarted, ev.SpeechStopped, ev.Transcript, ev.UtteranceEnd, ev.Dtmf,
                ev.ProviderNotice, ev.CallEnded)
@@ -136,7 +136,6 @@ class WhatIf:
         self.cancelled: set[int] = set()
         self.play_end = 0
         self.marks: list[tuple[int, ev.SendMark, int]] = []  # (echo time, mark, rank) pending on the phone
-        self.new_to_logged: dict[int, int] = {}  # new SendMark/SetTimer seq -> logged seq
         chunks = Counter(a.duration_ms for x in self.logged.effects.get(ev.Speak, [])
                          for a in self.logged.answers.get(x.seq, []) if isinstance(a, ev.TtsAudio))
         self.chunk_ms = chunks.most_common(1)[0][0] if chunks else 200
@@ -234,8 +233,9 @@ class WhatIf:
         kind = type(x)
         n = len(self.logged.effects.get(kind, []))
         k = self.logged.counts[kind.__name__]
-        why = f"the log has only {n} such requests" if k > n else \
-            f"request {k} differs from every logged one" + (" (its messages)" if kind is ev.StartLlm else "")
+        noun = "LLM requests" if kind is ev.StartLlm else "tool calls"
+        why = f"the log has only {n} {noun}" if k > n else f"request {k} matches none of the {n} logged " + (
+            "requests: its messages differ" if kind is ev.StartLlm else "tool calls: its arguments differ")
         wait = min(self.logged.offsets(kind, True), default=0)  # the soonest it could have mattered
         self.at(x.t_ms + wait, None, tag=x.seq, need=(x, f"needs {what} the log does not have ({why})"))
 
@@ -266,7 +266,9 @@ class WhatIf:
                                  f"({MS_PER_CHAR} ms a character): the log never synthesized all of it")
 
     def turn_of(self, x: ev.Effect) -> int:
-        taken = sum(1 for t in turns(self.flow, self.result.log, watch=True) if t.t_ms <= x.t_ms)
+        """The caller turn an effect belongs to: turns taken before it, plus the one a preemptive
+        request is for."""
+        taken = sum(1 for st in steps(self.flow, self.result.log) if st.event.seq < x.seq and takes_turn(st))
         return max(1, taken + (1 if isinstance(x, ev.StartLlm) and x.preemptive else 0))
 
     def stop(self, t_ms: int, x: ev.Effect, why: str) -> None:

@@ -9,6 +9,7 @@ import sys
 from callstate.logs import DEFAULT_DB, load_call, open_readonly
 from engine.machine import EngineMisuse
 from engine.store import StoreError
+from replay.reproduce import reproduce
 from replay.stats import CallStats, Summary, call_stats, failed_call, render
 from replay.timeline import build
 
@@ -35,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         try:
             call = load_call(args.db, row.call_id)
+            replayed = reproduce(call.flow, call.events, call_id=row.call_id)
+            if replayed.divergence is not None:  # its numbers would be today's machine's, not the call's
+                raise StoreError(f"does not reproduce (diverges at seq {replayed.divergence.seq}; "
+                                 f"see `engine replay {row.call_id}`)")
             tl = build(call.flow, call.events, call_id=row.call_id, outcome=row.outcome or row.status,
                        meta=row.meta)
             calls.append(call_stats(tl))
