@@ -67,6 +67,7 @@ class CallStats:
     """Wall-clock measures the log does not hold (they differ between runs by nature)."""
 
     engine_us: list[int] = field(default_factory=list)  # per input: feed + log + effect dispatch
+    engine_us_by_seq: dict[int, int] = field(default_factory=dict)  # the same, by input seq, for the log
     barge_in_us: list[int] = field(default_factory=list)  # input that confirmed a barge-in -> clear sent
 
 
@@ -150,6 +151,7 @@ class LiveCall:
                         self._carry_out(effect)
                 elapsed = (time.perf_counter_ns() - started) // 1000
                 self.stats.engine_us.append(elapsed)
+                self.stats.engine_us_by_seq[stamped.seq] = elapsed
                 if any(isinstance(e, ev.ClearPlayback) for e in effects):
                     self.stats.barge_in_us.append(elapsed)
                 if self.on_step is not None:
@@ -183,7 +185,7 @@ class LiveCall:
     def _close_log(self) -> None:
         try:
             self.store.close_call(self.call_id, outcome=self.outcome, ended_t_ms=self.machine.now,
-                                  turns=self.machine.turn_count)
+                                  turns=self.machine.turn_count, meta={"engine_us": self.stats.engine_us_by_seq})
         except Exception:
             log.exception("call %s: could not close its log", self.call_id)
 

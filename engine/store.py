@@ -31,7 +31,7 @@ from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_rec
 
 Status = Literal["open", "ended", "abandoned"]
 Row = tuple[str, int, int, str, str, str, int | None]  # call_id, seq, t_ms, kind, type, data (JSON), cause
-End = tuple[str, str, int, int, int]  # call_id, outcome, ended_t_ms, turns, last_seq
+End = tuple[str, str, int, int, int, dict[str, Any]]  # call_id, outcome, ended_t_ms, turns, last_seq, meta+
 Stored = tuple[int, int | None, list[tuple[Any, ...]]]  # schema_version, last_seq, rows without call_id
 
 
@@ -127,11 +127,13 @@ class Store(ABC):
         if self._pending:
             self._commit(None)
 
-    def close_call(self, call_id: str, *, outcome: str, ended_t_ms: int, turns: int) -> None:
-        """Flush, and mark the call ended in the same transaction (its events and its end land together)."""
+    def close_call(self, call_id: str, *, outcome: str, ended_t_ms: int, turns: int,
+                   meta: dict[str, Any] | None = None) -> None:
+        """Flush, and mark the call ended in the same transaction (its events and its end land together).
+        ``meta`` adds keys to the call's meta (measures known only at the end, like engine time)."""
         if call_id not in self._next_seq:
             raise StoreError(f"close_call({call_id!r}): the call is not open in this store")
-        self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1))
+        self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, meta or {}))
         del self._next_seq[call_id]
 
     def _commit(self, end: End | None) -> None:
@@ -279,10 +281,14 @@ class SqliteStore(Store):
             c.executemany("INSERT INTO events (call_id, seq, t_ms, kind, type, data, cause) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             if end is not None:
-                call_id, outcome, ended_t_ms, turns, last_seq = end
+                call_id, outcome, ended_t_ms, turns, last_seq, extra = end
                 cur = c.execute("UPDATE calls SET status = 'ended', outcome = ?, ended_t_ms = ?, turns = ?, "
                                 "last_seq = ? WHERE call_id = ? AND status = 'open'",
                                 (outcome, ended_t_ms, turns, last_seq, call_id))
+                if extra and cur.rowcount == 1:
+                    (meta,) = c.execute("SELECT meta FROM calls WHERE call_id = ?", (call_id,)).fetchone()
+                    merged = {**(json.loads(meta) if meta else {}), **extra}
+                    c.execute("UPDATE calls SET meta = ? WHERE call_id = ?", (_encode(merged), call_id))
                 if cur.rowcount != 1:  # raising inside the transaction rolls the batch back too
                     raise StoreError(f"close_call({call_id!r}): the call is not open in {self.path}")
 
@@ -340,9 +346,10 @@ class MemoryStore(Store):
         for row in rows:
             self.events.setdefault(row[0], {})[row[1]] = row
         if end is not None:
-            call_id, outcome, ended_t_ms, turns, last_seq = end
+            call_id, outcome, ended_t_ms, turns, last_seq, extra = end
             self.calls[call_id].update(status="ended", outcome=outcome, ended_t_ms=ended_t_ms, turns=turns,
                                        last_seq=last_seq)
+            self.calls[call_id]["meta"].update(extra)
 
     def _read(self, call_id: str) -> Stored:
         if call_id not in self.calls:

@@ -137,8 +137,8 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
             elif isinstance(x, ev.Speak):
                 turn.agent.append(x.text)
                 turn.filler |= x.purpose == "filler"
-                if turn.first_speak_ms is None:
-                    turn.first_speak_ms = x.t_ms
+                if turn.first_speak_ms is None and x.purpose in ("reply", "resume", "fallback"):
+                    turn.first_speak_ms = x.t_ms  # the answer's first clause (a filler is not the answer)
                     speaks[x.seq] = turn
             elif isinstance(x, ev.SendAudio) and turn.first_audio_ms is None:
                 turn.first_audio_ms = x.t_ms
