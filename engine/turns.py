@@ -58,6 +58,10 @@ class TurnLogic(ReplyActions, AgentActions):
         self.start_call()
 
     def on_SpeechStarted(self, e: ev.SpeechStarted) -> None:
+        if e.source != "vad":
+            # the STT's own VAD (Deepgram vad_events) starts speech but never stops it: only the local
+            # VAD, which reports both ends, decides whether the caller is talking; words still barge in
+            return self.ignore("stt_speech_hint")
         if self.caller_speaking:
             return self.ignore("already_speaking")
         self.caller_speaking = True
