@@ -406,3 +406,14 @@ def test_dtmf_routes_to_a_node() -> None:
     effects = c.feed(ev.Dtmf(t_ms=500, digit="1"))
     assert [type(e).__name__ for e in effects if isinstance(e, ev.EnterNode | ev.Speak)] == ["EnterNode", "Speak"]
     assert c.state == "speaking" and c.m.context.system.endswith("Help with bills.")
+
+
+def test_the_stts_own_speech_started_never_holds_the_floor() -> None:
+    # Deepgram's vad_events SpeechStarted has no matching stop: taking it as the caller's floor held the
+    # reply forever (found by tests/test_e2e_providers.py with a late SpeechStarted after the VAD's stop).
+    c = CallScript()
+    c.say(1000, "Is it delayed?")
+    assert c.feed(ev.SpeechStarted(t_ms=1960, source="stt"))[0].reason == "stt_speech_hint"
+    c.fire("endpoint")
+    c.answer(2300, "It is on time. ")
+    assert c.last(ev.Speak).text == "It is on time." and c.state == "speaking"
