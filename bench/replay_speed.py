@@ -1,9 +1,10 @@
 """Feed throughput and replay speed: a synthetic 10-minute call, reproduced from its log.
 
-    python bench/replay_speed.py [--minutes 10]
+    python bench/replay_speed.py [--minutes 10] [--runs 5] [--tiny]
 
 Prints the call's size, feed events/s (inputs fed per second of CPU) and how many times faster than real
-time the whole call reproduces (every effect compared). Median of 5 runs; seed fixed.
+time the whole call reproduces (every effect compared). Median of 5 runs; seed fixed. ``--tiny``: a 1-minute
+call, one run (a smoke run, a second or two).
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tiny", action="store_true", help="a 1-minute call, one run")
     args = ap.parse_args()
+    if args.tiny:
+        args.minutes, args.runs = 1, 1
     flow, log = synthetic_call(args.minutes)
     inputs = [e for e in log if isinstance(e, ev.Input)]
     call_ms = log[-1].t_ms

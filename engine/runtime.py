@@ -158,8 +158,9 @@ class LiveCall:
                     self.on_step(self, stamped, effects, before, elapsed)
                 if (before != "listening" and self.machine.state == "listening") or isinstance(stamped, ev.CallEnded):
                     # a turn boundary (the agent is done): what is flushed survives a crash. Not at the
-                    # endpoint: that step starts the answer, and a flush would delay it by ~0.3 ms.
-                    self.store.flush()
+                    # endpoint: that step starts the answer, and a flush would delay it. Deferred one loop
+                    # turn so the tasks this step spawned (a barge-in's clear) reach their sockets first.
+                    self.loop.call_soon(self.store.flush)
                 if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
                     if stamped.reason not in ("stop", "ws_closed_without_stop", "hangup", "transfer"):
                         # ended from our side (shutdown): hang up, or the caller hears silence forever

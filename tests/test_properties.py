@@ -91,7 +91,8 @@ def calls(draw: st.DrawFn) -> tuple[Flow, CallScript]:
     return flow, script
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(calls())
 def test_generated_calls_hold_every_invariant_and_reproduce_from_the_log(call: tuple[Flow, CallScript]) -> None:
     flow, script = call
