@@ -116,8 +116,8 @@ def no_reply_over_caller(steps: list[Step], flow: Flow) -> list[Violation]:
     out: list[Violation] = []
     speaking = False
     for st in steps:
-        if isinstance(st.event, ev.SpeechStarted):
-            speaking = True
+        if isinstance(st.event, ev.SpeechStarted) and st.event.source == "vad":
+            speaking = True  # the STT's own SpeechStarted is a hint with no stop (engine/turns.py)
         elif isinstance(st.event, ev.SpeechStopped):
             speaking = False
         for x in st.effects:
