@@ -3,8 +3,8 @@
 On Flush it sends, after ``ttfb_s``, mu-law audio for the text so far (``ms_per_char`` of tone per
 character) as binary frames of ``chunk_bytes`` (not 160-aligned, so the adapter's re-cut is exercised),
 then ``{"type": "Flushed"}``. Clear stops the audio and answers ``Cleared``. Metadata goes first, as
-Deepgram sends it. Faults: ``status`` (refuse the upgrade, e.g. 500), ``truncate`` (abort the socket
-halfway through the audio, no Flushed).
+Deepgram sends it. Faults: ``status`` (refuse the upgrade, e.g. 500; with ``status_on``, only those
+upgrades: 1-based, in arrival order), ``truncate`` (abort the socket halfway through the audio, no Flushed).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from tests.fakes.base import FakeServer, tone
 class SpeakFaults:
     status: int | None = None  # answer the upgrade with this HTTP status
     truncate: bool = False  # abort the socket after half the audio
+    #: Only these upgrades (1-based, counted over authorized requests) fail, with ``status`` or else 500.
+    status_on: tuple[int, ...] = ()
 
 
 @dataclass
@@ -45,6 +47,8 @@ class DeepgramSpeakFake(FakeServer):
         self.chunk_bytes, self.chunk_delay_s = chunk_bytes, chunk_delay_s
         self.faults = faults or SpeakFaults()
         self.connections: list[SpeakConn] = []
+        self.upgrades = 0  # authorized upgrade requests, failed ones included
+        self.failed: list[int] = []  # the upgrade numbers answered with an error status
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/speak", self._speak)
@@ -56,9 +60,12 @@ class DeepgramSpeakFake(FakeServer):
     async def _speak(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Token {self.api_key}":
             return web.json_response({"err_code": "INVALID_AUTH"}, status=401)
-        if self.faults.status is not None:
+        self.upgrades += 1
+        failing = self.upgrades in self.faults.status_on if self.faults.status_on else self.faults.status is not None
+        if failing:
+            self.failed.append(self.upgrades)
             return web.json_response({"err_code": "INTERNAL", "err_msg": "fake failure"},
-                                     status=self.faults.status)
+                                     status=self.faults.status or 500)
         conn = SpeakConn(query=dict(request.query), headers=dict(request.headers))
         self.connections.append(conn)
         ws = web.WebSocketResponse()

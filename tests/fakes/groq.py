@@ -3,6 +3,12 @@
 Each request consumes the next item of ``script``: a ``Reply`` (streamed text and/or tool calls, with its
 timing and stream faults) or an ``HttpError`` (429 with retry-after, 500...). When the script runs out,
 every request gets ``Reply("OK.")``. Every request body is recorded in ``requests``.
+
+``by_user`` scripts a conversation by turn instead of by arrival: a request whose last user message
+contains a key takes that key's next item (a tool round trip keeps the same last user message, so a
+turn's tool call and its answer after the result are consecutive items of one key). Requests that match
+no key (a speculative request on an interim transcript, say) take from ``script`` as before, so the order
+in which an agent starts, cancels and restarts requests does not shift the scripted answers.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +55,7 @@ class HttpError:
     retry_after: str | None = None
     retry_after_ms: str | None = None
     message: str = "fake failure"
+    delay_s: float = 0.0  # before answering (a slow failure)
 
 
 @dataclass
@@ -57,6 +64,16 @@ class GroqRequest:
     headers: dict[str, str]
     chunks_sent: int = 0
     disconnected: bool = False  # the client went away before the stream ended
+    key: str | None = None  # the ``by_user`` key it matched, if any
+    served: Reply | HttpError | None = None  # what it was answered with
+
+    @property
+    def last_user(self) -> str:
+        """The content of the request's last user message ("" when there is none)."""
+        for msg in reversed(self.body.get("messages", [])):
+            if msg.get("role") == "user" and isinstance(msg.get("content"), str):
+                return str(msg["content"])
+        return ""
 
 
 def _tokens(text: str) -> list[str]:
@@ -89,11 +106,22 @@ def chunks(reply: Reply, model: str = MODEL) -> list[dict[str, Any]]:
 
 
 class GroqFake(FakeServer):
-    def __init__(self, script: Sequence[Reply | HttpError] = (), *, api_key: str = "test-key") -> None:
+    def __init__(self, script: Sequence[Reply | HttpError] = (), *, api_key: str = "test-key",
+                 by_user: Mapping[str, Sequence[Reply | HttpError]] | None = None) -> None:
         super().__init__()
         self.script = list(script)
         self.api_key = api_key
+        self.by_user = {key: list(items) for key, items in (by_user or {}).items()}
         self.requests: list[GroqRequest] = []
+
+    def _next(self, rec: GroqRequest) -> Reply | HttpError:
+        for key, items in self.by_user.items():
+            if key in rec.last_user:
+                rec.key = key
+                if items:
+                    return items.pop(0)
+                break
+        return self.script.pop(0) if self.script else Reply("OK.")
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._completions)
@@ -104,8 +132,9 @@ class GroqFake(FakeServer):
                                                 "code": "invalid_api_key"}}, status=401)
         rec = GroqRequest(body=await request.json(), headers=dict(request.headers))
         self.requests.append(rec)
-        item = self.script.pop(0) if self.script else Reply("OK.")
+        item = rec.served = self._next(rec)
         if isinstance(item, HttpError):
+            await asyncio.sleep(item.delay_s)
             headers = {k: v for k, v in (("retry-after", item.retry_after),
                                          ("retry-after-ms", item.retry_after_ms)) if v is not None}
             return web.json_response({"error": {"message": item.message, "type": "fake"}},
