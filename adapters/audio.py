@@ -141,3 +141,31 @@ def add_noise(speech: bytes, noise: bytes, snr_db: float, *, speech_power_db: fl
     if p_noise == -math.inf:
         return speech
     return mix(speech, noise, gain_b_db=p_speech - snr_db - p_noise)
+
+
+class FrameCutter:
+    """Re-cut a stream of audio chunks of any size into whole 20 ms frames (Twilio's unit), so a clear
+    never splits a frame; ``tail()`` pads what is left at the end with silence."""
+
+    __slots__ = ("pending", "sent")
+
+    def __init__(self) -> None:
+        self.pending = bytearray()
+        self.sent = 0  # bytes handed out so far
+
+    def cut(self, chunk: bytes) -> bytes:
+        self.pending += chunk
+        n = len(self.pending) - len(self.pending) % FRAME_BYTES
+        if not n:
+            return b""
+        out = bytes(self.pending[:n])
+        del self.pending[:n]
+        self.sent += n
+        return out
+
+    def tail(self) -> bytes:
+        if not self.pending:
+            return b""
+        out = bytes(self.pending) + SILENCE_FRAME[: FRAME_BYTES - len(self.pending)]
+        self.pending.clear()
+        return out

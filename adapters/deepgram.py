@@ -30,6 +30,7 @@ from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient as ListenSocket
 from deepgram.speak.v1.types import SpeakV1Text
 
+from adapters.audio import FrameCutter
 from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
 
 # mu-law barely compresses, and deflating 50 frames a second per call was 10% of the engine's CPU at 100
@@ -317,18 +318,14 @@ class DeepgramTts:
         try:
             connect = self._client.speak.v1.connect(model=self.voice, encoding="mulaw", sample_rate=8000)
             conn = await _open(stack, connect, CONNECT_TIMEOUT_S, "tts")
-            pending, sent, flushed = bytearray(), 0, False
+            frames, flushed = FrameCutter(), False
             try:
                 await conn.send_text(SpeakV1Text(text=effect.text))
                 await conn.send_flush()
                 async for msg in conn:
                     if isinstance(msg, bytes):
-                        pending += msg
-                        n = len(pending) - len(pending) % FRAME_BYTES
-                        if n:
-                            out = bytes(pending[:n])
-                            del pending[:n]
-                            sent += n
+                        out = frames.cut(msg)
+                        if out:
                             yield out
                     # Check the type string: the SDK's union can't tell Flushed from Cleared (same shape).
                     elif getattr(msg, "type", None) == "Flushed":
@@ -337,9 +334,9 @@ class DeepgramTts:
             except Exception:  # socket lost mid-stream: reported below, without the SDK's text
                 pass
             if not flushed:
-                raise DeepgramError(f"deepgram tts: stream ended early, after {sent // BYTES_PER_MS} ms")
-            if pending:
-                yield bytes(pending) + SILENCE * (FRAME_BYTES - len(pending))
+                raise DeepgramError(f"deepgram tts: stream ended early, after {frames.sent // BYTES_PER_MS} ms")
+            if tail := frames.tail():
+                yield tail
         finally:
             await _shut(stack)  # on aclose/cancel too: closing the socket stops the synthesis
 

@@ -26,6 +26,7 @@ import aiohttp
 from pyht import AsyncClient, Format, TTSOptions
 from pyht.inference_coordinates import InferenceCoordinatesOptions
 
+from adapters.audio import FrameCutter
 from engine.events import Speak
 
 REQUIRED_ENV = ("PLAYHT_API_KEY", "PLAYHT_USER_ID")
@@ -106,7 +107,7 @@ class PlayHtTts:
 
     async def synthesize(self, effect: Speak) -> AsyncIterator[bytes]:
         options = TTSOptions(voice=self.voice, format=Format.FORMAT_MULAW, sample_rate=8000, speed=self.speed)
-        pending, sent = bytearray(), 0
+        frames = FrameCutter()
         try:
             stream = self._pyht().tts(effect.text, options, voice_engine=self.voice_engine, protocol="http")
         except Exception as e:
@@ -114,20 +115,16 @@ class PlayHtTts:
         try:
             try:
                 async for chunk in stream:
-                    pending += chunk
-                    n = len(pending) - len(pending) % FRAME_BYTES
-                    if n:
-                        out = bytes(pending[:n])
-                        del pending[:n]
-                        sent += n
+                    out = frames.cut(chunk)
+                    if out:
                         yield out
             except PlayHtError:
                 raise
             except Exception as e:
-                after = f" after {sent // BYTES_PER_MS} ms" if sent else ""
+                after = f" after {frames.sent // BYTES_PER_MS} ms" if frames.sent else ""
                 raise PlayHtError(f"playht: {_describe(e)}{after}") from None
-            if pending:
-                yield bytes(pending) + SILENCE * (FRAME_BYTES - len(pending))
+            if tail := frames.tail():
+                yield tail
         finally:
             await stream.aclose()  # closes pyht's aiohttp response if it is still open
 
