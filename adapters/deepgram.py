@@ -42,8 +42,6 @@ Emit = Callable[[Input], None]
 
 REQUIRED_ENV = ("DEEPGRAM_API_KEY",)
 BYTES_PER_MS = 8  # mu-law 8 kHz mono (reference section 5)
-FRAME_BYTES = 160  # 20 ms, Twilio's frame
-SILENCE = b"\xff"  # mu-law zero: pads a last partial TTS frame
 #: Reference 2.4: send KeepAlive every 3-5 s while no audio flows; Deepgram closes after 10 s (NET-0001).
 KEEPALIVE_S = 3.0
 RECONNECT_BACKOFF_S = (0.0, 0.2, 0.5)  # three tries inside ~1 s: the caller is mid-sentence

@@ -30,9 +30,7 @@ from adapters.audio import FrameCutter
 from engine.events import Speak
 
 REQUIRED_ENV = ("PLAYHT_API_KEY", "PLAYHT_USER_ID")
-FRAME_BYTES = 160  # 20 ms of mu-law 8 kHz
 BYTES_PER_MS = 8
-SILENCE = b"\xff"  # mu-law zero: pads a last partial frame
 AUTH_TIMEOUT_S = 5.0
 
 
