@@ -274,9 +274,12 @@ class LiveCall:
                 continue
             task = asyncio.create_task(self._synthesize(speak))
             self.tts_current = (speak.seq, task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.tts_current = None
+            try:
+                await asyncio.wait((task,))  # a CancelTts cancels `task`, not this worker
+            finally:
+                self.tts_current = None
+                if not task.done():  # this worker itself is being cancelled (call end): take it along
+                    task.cancel()
 
     async def _synthesize(self, speak: ev.Speak) -> None:
         sent = False
