@@ -31,6 +31,7 @@ from deepgram.listen.v1.socket_client import AsyncV1SocketClient as ListenSocket
 from deepgram.speak.v1.types import SpeakV1Text
 
 from adapters.audio import FrameCutter
+from adapters.env import need as _need
 from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
 
 # mu-law barely compresses, and deflating 50 frames a second per call was 10% of the engine's CPU at 100
@@ -103,12 +104,6 @@ async def _shut(stack: AsyncExitStack | None) -> None:
         with contextlib.suppress(Exception, asyncio.TimeoutError):
             await asyncio.wait_for(stack.aclose(), 1.0)
 
-
-def _need(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if not value:
-        raise LookupError(f"{name} is not set")
-    return value
 
 
 class DeepgramStt:

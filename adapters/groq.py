@@ -23,6 +23,7 @@ import groq
 import httpx
 from groq import AsyncGroq
 
+from adapters.env import need as _need
 from engine.events import Input, LlmDone, LlmError, LlmToolCall, ProviderNotice, StartLlm
 
 Emit = Callable[[Input], None]
@@ -181,12 +182,6 @@ def _redact(text: str, key: str) -> str:
     text = text.replace(key, "***") if key else text
     return text if len(text) <= 160 else text[:157] + "..."
 
-
-def _need(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if not value:
-        raise LookupError(f"{name} is not set")
-    return value
 
 
 def from_env(env: Mapping[str, str], **settings: Any) -> GroqLlm:

@@ -27,6 +27,7 @@ from pyht import AsyncClient, Format, TTSOptions
 from pyht.inference_coordinates import InferenceCoordinatesOptions
 
 from adapters.audio import FrameCutter
+from adapters.env import need as _need
 from engine.events import Speak
 
 REQUIRED_ENV = ("PLAYHT_API_KEY", "PLAYHT_USER_ID")
@@ -139,12 +140,6 @@ def _describe(e: BaseException) -> str:
         return "connection failed"
     return f"failed ({type(root).__name__})"
 
-
-def _need(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if not value:
-        raise LookupError(f"{name} is not set")
-    return value
 
 
 def from_env(env: Mapping[str, str], **settings: Any) -> PlayHtTts:

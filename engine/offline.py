@@ -6,7 +6,7 @@ Rules:
   audio in real time and echoes each mark when the audio before it has played, a clear echoes every
   pending mark at once (Twilio's documented behaviour).
 - Tools listed in the script are canned; any other tool runs for real through ``tool_runner`` (an HTTP
-  webhook on loopback, say), and its measured wall-clock latency is carried into virtual time.
+  webhook on loopback, say); the runner reports its wall-clock latency, which is carried into virtual time.
 - The log it returns is the call's whole record; ``engine replay`` reproduces it from the inputs alone.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
@@ -24,7 +23,8 @@ from engine.flow import Flow, ScriptedReply
 from engine.machine import CallMachine
 from engine.script import CallerTurn, CallScript, CannedTool, reply_tokens, reply_tool_call, scripted_reply, speech_ms
 
-ToolRunner = Callable[[ev.CallTool], Awaitable[ev.ToolResult]]
+#: Runs one tool for real and says how long it took (ms): the caller owns the clock, this driver never reads one.
+ToolRunner = Callable[[ev.CallTool], Awaitable[tuple[ev.ToolResult, int]]]
 
 
 @dataclass
@@ -173,9 +173,7 @@ class OfflineCall:
             body = canned.body if isinstance(canned.body, str) else json.dumps(canned.body, sort_keys=True)
             result = e.result(t_ms=0, body=body, ok=canned.error is None, error=canned.error)
         else:
-            started = time.monotonic()
-            result = await self.tool_runner(e)
-            latency = int((time.monotonic() - started) * 1000)
+            result, latency = await self.tool_runner(e)
         self.at(e.t_ms + latency, result, tag=e.seq)
 
     # ---------------------------------------------------------------------------------- the caller

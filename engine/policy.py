@@ -8,6 +8,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -118,8 +119,10 @@ def endpoint_wait_ms(text: str, p: Endpointing) -> int:
     return p.on_no_punctuation_ms
 
 
-def _phrase_words(phrases: tuple[str, ...]) -> list[list[str]]:
-    return [words(ph) for ph in phrases]
+@functools.lru_cache(maxsize=64)
+def _phrase_words(phrases: tuple[str, ...]) -> tuple[list[str], ...]:
+    """Each phrase as words, computed once per phrase list (called for every transcript over the agent)."""
+    return tuple(words(ph) for ph in phrases)
 
 
 def is_acknowledgement(text: str, p: BargeIn) -> bool:

@@ -66,8 +66,11 @@ class Providers:
 class CallStats:
     """Wall-clock measures the log does not hold (they differ between runs by nature)."""
 
-    engine_us: list[int] = field(default_factory=list)  # per input: feed + log + effect dispatch
-    engine_us_by_seq: dict[int, int] = field(default_factory=dict)  # the same, by input seq, for the log
+    engine_us_by_seq: dict[int, int] = field(default_factory=dict)  # input seq -> feed + log + dispatch
+
+    @property
+    def engine_us(self) -> list[int]:
+        return list(self.engine_us_by_seq.values())
     barge_in_us: list[int] = field(default_factory=list)  # input that confirmed a barge-in -> clear sent
 
 
@@ -150,7 +153,6 @@ class LiveCall:
                     else:
                         self._carry_out(effect)
                 elapsed = (time.perf_counter_ns() - started) // 1000
-                self.stats.engine_us.append(elapsed)
                 self.stats.engine_us_by_seq[stamped.seq] = elapsed
                 if any(isinstance(e, ev.ClearPlayback) for e in effects):
                     self.stats.barge_in_us.append(elapsed)

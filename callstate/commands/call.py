@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
 from callstate.report import transcript, turn_table, turns
+from engine.events import CallTool, ToolResult
 from engine.offline import OfflineCall, OfflineResult
 from engine.script import ScriptError, load_script
 from engine.store import SqliteStore, StoreError
@@ -38,7 +40,12 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
     try:
         store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), flow=flow.name,
                         meta={"flow": flow.model_dump(mode="json"), "script": str(script_path), "mode": "offline"})
-        call = OfflineCall(flow, script, call_id=call_id, tool_runner=runner.call,
+        async def timed(effect: CallTool) -> tuple[ToolResult, int]:
+            started = time.monotonic()  # the composition root owns the clock; the offline driver has none
+            result = await runner.call(effect)
+            return result, int((time.monotonic() - started) * 1000)
+
+        call = OfflineCall(flow, script, call_id=call_id, tool_runner=timed,
                            on_event=lambda e: store.append(call_id, e))
         result = await call.run()
         store.close_call(call_id, outcome=result.outcome, ended_t_ms=result.log[-1].t_ms,
