@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.events import SCHEMA_VERSION
-from engine.store import _CALL_COLS, _LAPSED, CallRow, End, Row, Store, StoreError, Stored, _call_row, _encode
+from engine.store import _CALL_COLS, _LAPSED, CallRow, End, Row, Store, Stored, StoreError, _call_row
 
 CHANNEL = "callstate_events"
 _PG_NOW = "extract(epoch from clock_timestamp())"  # unix seconds by the server's clock
@@ -72,6 +72,14 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+def current_version(url: str) -> int:
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return schema_version(conn)
+    except psycopg.Error as exc:
+        raise StoreError(f"{display_url(url)}: {_first_line(exc)}") from None
+
+
 def upgrade(url: str, *, to: int | None = None) -> tuple[int, int]:
     """Apply the pending migrations (up to ``to``), each in its own transaction; (version before, after)."""
     target = len(MIGRATIONS) if to is None else to
@@ -105,31 +113,33 @@ class PgStore(Store):
     def __init__(self, url: str, *, readonly: bool = False, owner: str | None = None, pool_size: int = 4) -> None:
         super().__init__(owner=owner)
         self.url, self.where, self.readonly = url, display_url(url), readonly
+        try:  # one plain connection first: a wrong URL or a stopped server is one clear line, at once
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                version = schema_version(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: cannot connect ({_first_line(exc)})") from None
+        if version == 0 and not readonly:
+            upgrade(url)
+            version = len(MIGRATIONS)
+        if version == 0:
+            raise StoreError(f"{self.where}: not a callstate log (no calls and events tables)")
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.where}: the log's tables are version {version}; this engine knows "
+                             f"{len(MIGRATIONS)} and older (upgrade callstate)")
+        if version < len(MIGRATIONS) and not readonly:
+            raise StoreError(f"{self.where}: the log's tables are version {version}, this engine writes "
+                             f"version {len(MIGRATIONS)}: run `engine db upgrade --db {self.where}`")
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False, name="callstate",
-                                    kwargs={"connect_timeout": 5, "autocommit": False})
+                                    kwargs={"connect_timeout": 5})
         try:
             self._pool.open(wait=True, timeout=10)
-        except PoolTimeout:
-            self._pool.close()
-            raise StoreError(f"{self.where}: cannot connect (is PostgreSQL running and the URL right?)") from None
-        try:
-            with self._conn("open") as conn:
-                version = schema_version(conn)
-            if version == 0 and not readonly:
-                upgrade(url)
-                version = len(MIGRATIONS)
-            if version == 0:
-                raise StoreError(f"{self.where}: not a callstate log (no calls and events tables)")
-            if version > len(MIGRATIONS):
-                raise StoreError(f"{self.where}: the log's tables are version {version}; this engine knows "
-                                 f"{len(MIGRATIONS)} and older (upgrade callstate)")
-            if version < len(MIGRATIONS) and not readonly:
-                raise StoreError(f"{self.where}: the log's tables are version {version}, this engine writes "
-                                 f"version {len(MIGRATIONS)}: run `engine db upgrade --db {self.where}`")
             newest = self._query("SELECT max(schema_version) FROM calls")[0][0]
             if newest is not None and newest > SCHEMA_VERSION:
                 raise StoreError(f"{self.where}: written with schema version {newest}; "
                                  f"this engine supports version {SCHEMA_VERSION} and older")
+        except PoolTimeout:
+            self._pool.close()
+            raise StoreError(f"{self.where}: cannot connect (no pooled connection within 10 s)") from None
         except BaseException:
             self._pool.close()
             raise

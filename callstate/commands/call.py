@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DEFAULT_DB
+from callstate.logs import DB_HELP, DEFAULT_DB, where
 from callstate.report import transcript, turn_table, turns
 from engine.events import CallTool, ToolResult
 from engine.offline import OfflineCall, OfflineResult
 from engine.script import ScriptError, load_script
-from engine.store import SqliteStore, StoreError
+from engine.store import StoreError, open_store
 
 HELP = "run a scripted call offline, log it to the DB, print transcript and latencies"
 
@@ -24,7 +24,7 @@ HELP = "run a scripted call offline, log it to the DB, print transcript and late
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", help="a call script (YAML): caller turns, latencies, canned tools")
     p.add_argument("--flow", help="the flow to run (default: the script's `flow:`, else the built-in one)")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--call-id", help="id for the logged call (default: a fresh one)")
 
 
@@ -35,7 +35,7 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
     if flow_path is None and script.flow:
         flow_path = str(Path(script_path).parent / script.flow)
     flow = resolve_flow(flow_path)
-    store = SqliteStore(db)
+    store = open_store(db)
     runner = ToolRunner(flow.tools)
     try:
         store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), flow=flow.name,
@@ -66,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(transcript(flow, result.log)))  # type: ignore[arg-type]
     print()
     print("\n".join(turn_table(turns(flow, result.log))))  # type: ignore[arg-type]
-    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}) to {args.db}")
-    print(f"replay it: engine replay {call_id} --db {args.db}")
+    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}) to {where(args.db)}")
+    print(f"replay it: engine replay {call_id} --db {where(args.db)}")
     return 0

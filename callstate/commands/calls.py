@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DEFAULT_DB, open_readonly
+from callstate.logs import DB_HELP, DEFAULT_DB, open_readonly
 from engine.store import StoreError
 
 HELP = "list logged calls (id, start, duration, turns, outcome)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--since", help="only calls started at or after this ISO time")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DEFAULT_DB, load_call, open_readonly
+from callstate.logs import DB_HELP, DEFAULT_DB, load_call, open_readonly, where
 from engine.store import StoreError
 from replay.audit import check_log
 
@@ -14,7 +14,7 @@ HELP = "reproduce every logged call and check the invariants; exit 1 naming each
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("call_ids", nargs="*", metavar="CALL_ID", help="only these calls (default: every call)")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--since", help="only calls started at or after this ISO time")
 
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     unknown = [c for c in args.call_ids if c not in ids]
     if unknown:
-        print(f"error: no call {', '.join(map(repr, unknown))} in {args.db}", file=sys.stderr)
+        print(f"error: no call {', '.join(map(repr, unknown))} in {where(args.db)}", file=sys.stderr)
         return 1
     chosen = args.call_ids or ids
     bad = 0

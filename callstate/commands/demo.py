@@ -7,13 +7,13 @@ import asyncio
 import sys
 import time
 
-from callstate.logs import DEFAULT_DB
+from callstate.logs import DB_HELP, DEFAULT_DB
 
 HELP = "run a simulated shipment-status call end to end (offline), then replay and summarise it"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
 
 
 async def _demo(db: str) -> int:
@@ -23,12 +23,12 @@ async def _demo(db: str) -> int:
     from callstate.report import transcript, turn_table, turns
     from callstate.server import Server, start
     from callstate.simcaller import CallerLine, SimCaller
-    from engine.store import SqliteStore
+    from engine.store import open_store
     from replay.reproduce import reproduce
 
     hook = await start_webhook()
     flow = demo_flow(hook.url)
-    store = SqliteStore(db)
+    store = open_store(db)
     server = Server(flow, build_providers(flow, {}), store, skip_signature=True)
     runner, port = await start(server)
     print(f"engine serve on 127.0.0.1:{port} (offline providers); shipment API on {hook.url}")

@@ -10,7 +10,7 @@ import signal
 import sys
 
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DEFAULT_DB
+from callstate.logs import DB_HELP, DEFAULT_DB
 from callstate.providers import build_providers, missing_keys
 from engine.store import StoreError
 
@@ -22,7 +22,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
                    "default: from the Host / X-Forwarded-* headers")
     p.add_argument("--insecure-skip-signature", action="store_true",
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
     from callstate.server import Server, start
-    from engine.store import SqliteStore
+    from engine.store import open_store
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     if args.insecure_skip_signature:
@@ -66,7 +66,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     if rest is None:
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
-    store = SqliteStore(args.db)
+    store = open_store(args.db)
     abandoned = store.mark_abandoned()
     if abandoned:
         log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
