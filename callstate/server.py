@@ -22,10 +22,12 @@ log = logging.getLogger("callstate.server")
 class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
-                 grace_s: float = 30.0) -> None:
+                 grace_s: float = 30.0, worker_dir: str | None = None, worker_index: int = 0) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
+        self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
+        self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
@@ -79,10 +81,33 @@ class Server:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         status = 503 if self.draining else 200
-        return web.json_response({"ok": not self.draining, "active_calls": len(self.calls)}, status=status)
+        body: dict[str, object] = {"ok": not self.draining, "active_calls": len(self.calls)}
+        if self.worker_dir is not None:  # the whole server: this worker and every sibling that answers
+            from callstate.workers import sibling_metrics
+
+            others = await sibling_metrics(self.worker_dir, self.worker_index)
+            body["workers"] = 1 + len(others)
+            body["active_calls"] = len(self.calls) + sum(_active(t) for t in others)
+        return web.json_response(body, status=status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+        text = self.metrics.render()
+        if self.worker_dir is not None:
+            from callstate.workers import merge, sibling_metrics
+
+            text = merge([text, *await sibling_metrics(self.worker_dir, self.worker_index)])
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    def self_app(self) -> web.Application:
+        """This worker's own figures, for its siblings (served on a Unix socket, never on the port)."""
+        from callstate.workers import SELF_PATH
+
+        async def own(request: web.Request) -> web.Response:
+            return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+        app = web.Application()
+        app.router.add_get(SELF_PATH, own)
+        return app
 
     async def shutdown(self) -> None:
         """Stop accepting calls, let the live ones finish for up to grace_s, end the rest, flush the log."""
@@ -101,11 +126,25 @@ class Server:
         await self.providers.aclose()
 
 
-async def start(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    """Serve on host:port (0: any free port); returns the runner and the port actually bound."""
+def _active(metrics_text: str) -> int:
+    for line in metrics_text.splitlines():
+        if line.startswith("callstate_active_calls "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+async def start(server: Server, host: str = "127.0.0.1", port: int = 0,
+                reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Serve on host:port (0: any free port); returns the runner and the port actually bound.
+    reuse_port: SO_REUSEPORT, so several worker processes share the port and the kernel spreads
+    connections across them; a worker's own metrics then also go on its Unix socket."""
     runner = web.AppRunner(server.app(), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
+    if server.worker_dir is not None:
+        from callstate.workers import serve_self
+
+        server.self_runner = await serve_self(server.self_app(), server.worker_dir, server.worker_index)
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, bound

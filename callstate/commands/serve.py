@@ -12,7 +12,7 @@ import sys
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
 from callstate.providers import build_providers, missing_keys
-from engine.store import StoreError
+from engine.store import DEFAULT_LEASE_S, StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
 log = logging.getLogger("callstate.serve")
@@ -28,10 +28,39 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-skip-signature", action="store_true",
                    help="accept requests without a valid X-Twilio-Signature (local work only)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
+    p.add_argument("--workers", default="1", help="worker processes sharing the port (SO_REUSEPORT) under a "
+                   "supervisor that restarts a dead one; `auto` = one per core (default 1)")
+    p.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S,
+                   help="this server's lease on its calls: renewed every third of it; when it lapses (the "
+                   f"server died), any other server marks its calls abandoned (default {DEFAULT_LEASE_S:.0f})")
+    # set by the supervisor for its workers, not by users
+    p.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def worker_count(value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise ValueError(f"--workers must be a number from 1 to 64 or `auto`, not {value!r}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tag = f" [worker {args.worker_index}]" if args.worker_dir else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.lease_s <= 0:
+        print("error: --lease-s must be positive", file=sys.stderr)
+        return 2
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
@@ -44,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
+    if workers > 1 and not args.worker_dir:
+        from callstate.supervisor import supervise
+
+        return supervise(args, workers)
     try:
         return asyncio.run(_serve(args, flow))
     except StoreError as exc:
@@ -53,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
+    from callstate.lease import LeaseKeeper
     from callstate.server import Server, start
-    from engine.store import open_store
+    from engine.store import new_owner_id, open_store
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     if args.insecure_skip_signature:
@@ -66,17 +100,25 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     if rest is None:
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
-    store = open_store(args.db)
-    abandoned = store.mark_abandoned()
-    if abandoned:
-        log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
-                    ", ".join(abandoned[:10]))
+    owner = new_owner_id()
+    store = open_store(args.db, owner=owner)
+    store.renew_lease(args.lease_s)  # before any call: our calls are ours from the first one
+    # Calls of servers that died are ended by any live server's sweep once their lease lapses, never at
+    # start: a second server on the same log never touches a live one's calls.
+    keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
+    keeper.start()
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
-    runner, port = await start(server, args.host, args.port)
-    log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
-             args.host, port)
+                    grace_s=args.grace_s, worker_dir=args.worker_dir, worker_index=args.worker_index)
+    try:
+        runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
+    except OSError as exc:
+        keeper.stop()
+        store.close()
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
+             flow.name, args.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +127,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     log.info("shutting down: no new calls; live calls have %.0f s", args.grace_s)
     await server.shutdown()
     await runner.cleanup()
+    if server.self_runner is not None:
+        await server.self_runner.cleanup()
     store.close()
+    keeper.stop()
     log.info("log flushed; bye")
     return 0
