@@ -114,3 +114,15 @@ def test_a_url_s_password_never_reaches_an_error(capsys: pytest.CaptureFixture[s
         assert "hunter2" not in out.out + out.err
         assert "postgresql://alice@127.0.0.1:1/nope" in out.err
         assert "Traceback" not in out.err
+
+
+def test_a_missing_postgres_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.conftest as conftest
+
+    monkeypatch.setattr(conftest, "PG_URL", "postgresql://postgres@127.0.0.1:1/test")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no PostgreSQL at"):
+        conftest.need_postgres()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="PostgreSQL tests must run in CI"):
+        conftest.need_postgres()
