@@ -37,6 +37,11 @@ class Server:
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
             raise RuntimeError("shutting down: not accepting new calls")
+        writer = self.store.writer
+        if writer is not None and writer.degraded:
+            self.metrics.refused["log_behind"] += 1
+            raise RuntimeError(f"the call log is behind ({writer.pending_events} events waiting to be written): "
+                               "not accepting new calls until it catches up")
         call_sid = getattr(info, "call_sid", "") or ""
         call_id = call_sid if call_sid and call_sid not in self.calls else f"call-{uuid.uuid4().hex[:12]}"
         params = dict(getattr(info, "params", {}) or {})
@@ -76,22 +81,31 @@ class Server:
                          skip_signature=self.skip_signature, rest=self.rest)  # type: ignore[arg-type]
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.on_startup.append(self._start_writer)
         app.on_shutdown.append(lambda _app: self.shutdown())
         return app
 
+    async def _start_writer(self, _app: web.Application) -> None:
+        # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
+        # process makes the log wait, never the calls (issue 11).
+        self.store.start_writer(str(getattr(self.store, "path", "log")))
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        status = 503 if self.draining else 200
-        body: dict[str, object] = {"ok": not self.draining, "active_calls": len(self.calls)}
+        writer = self.store.writer
+        log_ok = writer is None or not writer.degraded
+        body: dict[str, object] = {"ok": not self.draining and log_ok, "active_calls": len(self.calls)}
+        if writer is not None and (writer.pending_events or writer.stalled_s):
+            body["log"] = {"queued_events": writer.pending_events, "stalled_s": round(writer.stalled_s, 1)}
         if self.worker_dir is not None:  # the whole server: this worker and every sibling that answers
             from callstate.workers import sibling_metrics
 
             others = await sibling_metrics(self.worker_dir, self.worker_index)
             body["workers"] = 1 + len(others)
             body["active_calls"] = len(self.calls) + sum(_active(t) for t in others)
-        return web.json_response(body, status=status)
+        return web.json_response(body, status=200 if body["ok"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        text = self.metrics.render()
+        text = self.metrics.render(self.store.writer)
         if self.worker_dir is not None:
             from callstate.workers import merge, sibling_metrics
 
@@ -103,7 +117,8 @@ class Server:
         from callstate.workers import SELF_PATH
 
         async def own(request: web.Request) -> web.Response:
-            return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+            return web.Response(text=self.metrics.render(self.store.writer), content_type="text/plain",
+                                charset="utf-8")
 
         app = web.Application()
         app.router.add_get(SELF_PATH, own)
@@ -141,7 +156,11 @@ async def start(server: Server, host: str = "127.0.0.1", port: int = 0,
     runner = web.AppRunner(server.app(), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     if server.worker_dir is not None:
         from callstate.workers import serve_self
 

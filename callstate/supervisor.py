@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("callstate.supervisor")
 
@@ -48,8 +49,24 @@ def supervise(args: argparse.Namespace, workers: int) -> int:
         nonlocal stopping
         stopping = True
 
+    from engine.store import StoreError, open_store
+
+    try:  # the log's tables made once, and a SQLite log claimed for the whole server (its workers share it)
+        store = open_store(args.db)
+        store.claim(f"engine serve --workers {workers} on http://{args.host}:{args.port} (supervisor)")
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    try:
+        return _supervise(args, workers, lambda: stopping)
+    finally:
+        store.close()
+
+
+def _supervise(args: argparse.Namespace, workers: int, stop_asked: Callable[[], bool]) -> int:
+    stopping = False
     with tempfile.TemporaryDirectory(prefix="callstate-workers-") as worker_dir:  # mode 0700
         procs: dict[int, subprocess.Popen[bytes]] = {}
         started: dict[int, float] = {}
@@ -64,11 +81,18 @@ def supervise(args: argparse.Namespace, workers: int) -> int:
         log.info("supervisor %d: %d workers on %s:%d (pids %s)", os.getpid(), workers, args.host, args.port,
                  ", ".join(str(p.pid) for p in procs.values()))
         code = 0
-        while not stopping:
+        first_run = set(range(workers))  # a worker that fails before it ever ran long: a setup error
+        while not (stopping or stop_asked()):
             for i, proc in list(procs.items()):
                 rc = proc.poll()
                 if rc is None:
+                    if time.monotonic() - started[i] >= FAST_FAIL_S:
+                        first_run.discard(i)
                     continue
+                if i in first_run and rc != 0:
+                    log.error("worker %d exited with %s at start (see its error above); stopping", i, rc)
+                    stopping, code = True, 1
+                    break
                 fails[i] = fails[i] + 1 if time.monotonic() - started[i] < FAST_FAIL_S else 1
                 if fails[i] >= FAST_FAILS:
                     log.error("worker %d failed %d times within %.0f s of starting (last exit %s); stopping",

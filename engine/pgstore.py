@@ -28,7 +28,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.events import SCHEMA_VERSION
-from engine.store import _CALL_COLS, _LAPSED, CallRow, End, Row, Store, Stored, StoreError, _call_row
+from engine.store import _CALL_COLS, _LAPSED, CallRow, End, Row, Store, StoreBusy, Stored, StoreError, _call_row
 
 CHANNEL = "callstate_events"
 _PG_NOW = "extract(epoch from clock_timestamp())"  # unix seconds by the server's clock
@@ -176,7 +176,9 @@ class PgStore(Store):
                              (call_id, started_at, flow, SCHEMA_VERSION, Jsonb(meta), self.owner))
         except psycopg.errors.UniqueViolation:
             raise StoreError(f"open_call({call_id!r}): already in {self.where}") from None
-        except (psycopg.Error, PoolTimeout) as exc:
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreBusy(f"{self.where}: open_call: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
             raise StoreError(f"{self.where}: open_call: {_first_line(exc)}") from None
 
     def _write(self, rows: list[Row], end: End | None) -> set[str]:
@@ -208,7 +210,9 @@ class PgStore(Store):
         except psycopg.errors.UniqueViolation:
             raise StoreError(self._duplicate(rows)) from None
         except PoolTimeout:
-            raise StoreError(f"{self.where}: flush: no database connection within 10 s") from None
+            raise StoreBusy(f"{self.where}: flush: no database connection within 10 s") from None
+        except psycopg.OperationalError as exc:  # the server went away or is restarting: try again
+            raise StoreBusy(f"{self.where}: flush: {_first_line(exc)}") from None
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: flush: {_first_line(exc)}") from None
         return set(ids) - still_open
@@ -257,14 +261,17 @@ class PgStore(Store):
                 "RETURNING c.call_id, c.started_at", (self.owner,)).fetchall()
         return [call_id for call_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
-    def list_calls(self, since: str | None = None) -> list[CallRow]:
+    def claim(self, holder: str) -> None:
+        self.holder = holder  # shared by design: every server writes it; leases keep their calls apart
+
+    def _list_calls(self, since: str | None) -> list[CallRow]:
         where, params = ("WHERE started_at >= %s", (since,)) if since is not None else ("", ())
         rows = self._query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
         return [_call_row(r) for r in rows]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         try:
-            super().close()
+            super().close(timeout)
         finally:
             self._pool.close()
 

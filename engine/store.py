@@ -12,19 +12,28 @@ Rules:
   file, or the call and the seq. No sqlite3 exception escapes.
 - Ownership by lease: every writing store is an instance with an id (``owner``); each call row names its
   owner; an owner renews its lease (``renew_lease``); ``mark_abandoned`` (any instance, one idempotent
-  statement) ends the open calls whose owner holds no live lease. Lease times come from the database's
-  clock, so hosts with skewed clocks agree. A flush never writes events of a call that is no longer open
-  (another instance abandoned it after this owner's lease lapsed): those rows are dropped and logged, so a
-  call's recorded end is never followed by its events.
+  statement) ends the open calls whose owner holds no live lease, never a live owner's. Lease times come
+  from the database's clock, so hosts with skewed clocks agree. A flush never writes events of a call that
+  is no longer open (another instance abandoned it after this owner's lease lapsed): those rows are dropped
+  and logged, so a call's recorded end is never followed by its events.
+- One server per SQLite log: ``claim(holder)`` takes the file for the server's life (an flock on
+  ``<db>.lock``, released by the kernel even on kill -9) and fails with a StoreError naming the holder (a
+  server's workers share its claim). A PostgreSQL log is shared by design: there leases alone keep
+  servers apart, and ``claim`` only names the holder.
+- ``start_writer()`` moves every write (open_call, flush, close_call) to a thread (engine/logwriter.py): the
+  event loop never waits on the disk or on a lock, a busy database is retried and logged, never dropped.
+  Reads first wait for the queued writes (read your writes).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -38,6 +47,7 @@ from typing import Any, Literal
 import sqlite_utils
 
 from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
+from engine.logwriter import LogWriter
 
 log = logging.getLogger("callstate.store")
 
@@ -51,6 +61,11 @@ Stored = tuple[int, int | None, list[tuple[Any, ...]]]  # schema_version, last_s
 
 class StoreError(Exception):
     """The log cannot be read or written as asked. The message names the file, or the call and seq."""
+
+
+class StoreBusy(StoreError):
+    """A write that may succeed if tried again (the database is locked by another process, the disk is
+    full): the writer thread retries it instead of dropping it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +105,8 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
             payload = json.loads(data)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"call {call_id!r} seq {seq}: data is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise StoreError(f"call {call_id!r} seq {seq}: data nests too deeply to read") from None
         out.append({"call_id": call_id, "seq": seq, "t_ms": t_ms, "kind": kind, "type": type_,
                     "data": payload, "cause": cause})
     if last_seq is not None and len(rows) < last_seq:
@@ -109,12 +126,18 @@ def new_owner_id() -> str:
 class Store(ABC):
     """One interface for every backend (SQLite, PostgreSQL in engine/pgstore.py, memory for tests).
 
-    The seq checks and the buffer live here; a backend supplies storage: ``_insert_call``, ``_write`` (the
-    rows of calls still open and, at call end, the summary, atomically; a duplicate is a StoreError naming
-    call and seq; returns the calls whose rows it dropped because they are no longer open), ``_read``,
-    ``_renew`` / ``release_lease`` (this owner's lease), ``mark_abandoned`` (every open call whose owner's
-    lease has lapsed, never this owner's) and ``list_calls`` (calls started at or after ``since``, ISO text
-    compared as text, oldest first).
+    The seq checks, the buffer and the writer thread live here; a backend supplies storage:
+
+    - ``_insert_call`` and ``_write`` (the rows of calls still open and, at call end, the summary,
+      atomically; a duplicate is a StoreError naming call and seq; a transient failure is StoreBusy, and is
+      retried; returns the calls whose rows it dropped because they are no longer open). Once
+      ``start_writer`` has run, both are called from the writer thread, one at a time, in order.
+    - ``_read`` and ``list_calls`` (calls started at or after ``since``, ISO text compared as text, oldest
+      first), which may run on another thread than the writes.
+    - ``claim(holder)``: make this server the log's one live writer where the backend needs it (SQLite),
+      or raise a StoreError naming the holder; calling it again updates the holder's description.
+    - ``_renew`` / ``release_lease``: this owner's lease. ``mark_abandoned``: every open call whose owner's
+      lease has lapsed (never this owner's), in one idempotent statement; any instance may run it.
     """
 
     def __init__(self, *, owner: str | None = None) -> None:
@@ -122,11 +145,29 @@ class Store(ABC):
         self._next_seq: dict[str, int] = {}  # call open in this store -> the seq append expects next
         self.owner = owner or new_owner_id()
         self._leased = False
+        self.writer: LogWriter | None = None
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
         self._renew(lease_s)
         self._leased = True
+
+    def start_writer(self, name: str, **limits: Any) -> LogWriter:
+        """From now on, writes are queued to a thread (see engine/logwriter.py); ``close`` drains it."""
+        if self.writer is None:
+            self.flush()
+            self.writer = LogWriter(name, retry_on=StoreBusy, **limits)
+        return self.writer
+
+    def _run(self, op: Callable[[], None], events: int, what: str) -> None:
+        if self.writer is None:
+            op()
+        else:
+            self.writer.submit(op, events, what)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the writes queued so far; True when they are done (always, without a writer)."""
+        return self.writer is None or self.writer.drain(timeout)
 
     def open_call(self, call_id: str, *, started_at: str, flow: str,
                   meta: dict[str, Any] | None = None) -> None:
@@ -135,9 +176,16 @@ class Store(ABC):
         except (TypeError, ValueError):
             raise StoreError(f"open_call({call_id!r}): started_at must be ISO 8601 text, "
                              f"got {started_at!r}") from None
-        if not self._leased:  # a writer without a keeper (engine call, demo) still owns what it opens
-            self.renew_lease()
-        self._insert_call(call_id, started_at, flow, meta or {})
+        if call_id in self._next_seq:
+            raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
+        lease = not self._leased  # a writer without a keeper (engine call, demo) still owns what it opens
+        self._leased = True
+
+        def insert() -> None:  # on the writer thread when there is one: a locked log never blocks the caller
+            if lease:
+                self._renew(DEFAULT_LEASE_S)
+            self._insert_call(call_id, started_at, flow, meta or {})
+        self._run(insert, 0, f"open_call({call_id!r})")
         self._next_seq[call_id] = 1
 
     def append(self, call_id: str, event: Event) -> None:
@@ -168,14 +216,19 @@ class Store(ABC):
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.
-        dropped = self._write([_row(call_id, event) for call_id, event in self._pending], end)
+        rows = [_row(call_id, event) for call_id, event in self._pending]
+        what = f"close_call({end[0]!r})" if end else "flush"
+        self._run(lambda: self._write_open(rows, end), len(rows), what)
         self._pending.clear()
-        for call_id in sorted(dropped):
+
+    def _write_open(self, rows: list[Row], end: End | None) -> None:
+        for call_id in sorted(self._write(rows, end)):
             log.warning("call %s: no longer open (abandoned by another instance after this one's lease "
                         "lapsed); its new events were not written", call_id)
 
     def load_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's flushed envelopes in seq order; checks version, seqs, JSON and truncation."""
+        self.drain()
         return _records(call_id, self._read(call_id))
 
     def load(self, call_id: str) -> list[Event]:
@@ -189,9 +242,11 @@ class Store(ABC):
                 raise StoreError(msg if msg.startswith(where) else f"{where}: {msg}") from None
         return events
 
-    def close(self) -> None:
-        """Flush what is buffered, then release the backend."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is buffered, let the writer finish (up to ``timeout`` s), then release the backend."""
         self.flush()
+        if self.writer is not None:
+            self.writer.stop(timeout)
 
     def __enter__(self) -> Store:
         return self
@@ -216,14 +271,23 @@ class Store(ABC):
         """Give the lease up (clean shutdown): what this owner left open is abandoned by the next sweep."""
 
     @abstractmethod
+    def claim(self, holder: str) -> None: ...
+
+    @abstractmethod
     def mark_abandoned(self) -> list[str]:
         """Mark abandoned every open call whose owner holds no live lease (never this owner's); their ids."""
 
+    def list_calls(self, since: str | None = None) -> list[CallRow]:
+        self.drain()
+        return self._list_calls(since)
+
     @abstractmethod
-    def list_calls(self, since: str | None = None) -> list[CallRow]: ...
+    def _list_calls(self, since: str | None) -> list[CallRow]: ...
 
 
 _CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta"
+# SQLITE_IOERR, SQLITE_LOCKED, SQLITE_BUSY, SQLITE_FULL (primary codes): worth another try
+_TRANSIENT = {10, 6, 5, 13}
 
 
 def _call_row(row: tuple[Any, ...]) -> CallRow:
@@ -232,6 +296,8 @@ def _call_row(row: tuple[Any, ...]) -> CallRow:
         meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
     except ValueError as exc:
         raise StoreError(f"call {call_id!r}: meta is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise StoreError(f"call {call_id!r}: meta nests too deeply to read") from None
     return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta)
 
 
@@ -267,9 +333,11 @@ class SqliteStore(Store):
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path}: no such file")
+        self._lock = threading.RLock()  # the connection is shared by the loop (reads) and the writer thread
+        self._owner: int | None = None  # the fd holding <db>.lock while this store owns the log
         target = self.path.resolve().as_uri() + "?mode=ro" if readonly else str(self.path)
         try:
-            conn = sqlite3.connect(target, uri=readonly)
+            conn = sqlite3.connect(target, uri=readonly, check_same_thread=False)
         except sqlite3.Error as exc:  # e.g. a directory that does not exist
             raise StoreError(f"{self.path}: cannot open ({exc})") from None
         try:
@@ -310,7 +378,10 @@ class SqliteStore(Store):
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(sql, params).fetchall()
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+        except RecursionError:
+            raise StoreError(f"{self.path}: a value nests too deeply to read") from None
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from None
 
@@ -318,9 +389,11 @@ class SqliteStore(Store):
     def _tx(self, what: str, conflict: Callable[[], str] | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction; a sqlite3 error becomes a StoreError naming the file and the operation.
         IMMEDIATE: the write lock is taken first, so a read inside the transaction (the open-call check)
-        can never be invalidated by another writer (several workers may share one file)."""
+        can never be invalidated by another writer (several workers may share one file). StoreBusy when trying
+        again may work: locked by another process, disk full, I/O error."""
         conn = self._db.conn
         try:
+            self._lock.acquire()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -334,7 +407,34 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: {what}: {exc}") from None
+            transient = getattr(exc, "sqlite_errorcode", 0) & 0xFF in _TRANSIENT
+            raise (StoreBusy if transient else StoreError)(f"{self.path}: {what}: {exc}") from None
+        finally:
+            self._lock.release()
+
+    def claim(self, holder: str) -> None:
+        lock_path = Path(f"{self.path}.lock")
+        if self._owner is None:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"{lock_path}: cannot open the log's lock file ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                other = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise StoreError(f"{self.path} is in use by {other}; one live writer per log "
+                                 "(stop it, or pass another --db)") from None
+            self._owner = fd
+        text = f"pid {os.getpid()}: {holder}".encode()
+        os.ftruncate(self._owner, 0)
+        os.pwrite(self._owner, text, 0)
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # closing the fd drops the flock
+            self._owner = None
 
     def _insert_call(self, call_id: str, started_at: str, flow: str, meta: dict[str, Any]) -> None:
         with self._tx("open_call", lambda: f"open_call({call_id!r}): already in {self.path}") as c:
@@ -409,16 +509,18 @@ class SqliteStore(Store):
         started = dict(self._query(f"SELECT call_id, started_at FROM calls WHERE call_id IN ({marks})", tuple(ids)))
         return lambda i: (started.get(i, ""), i)
 
-    def list_calls(self, since: str | None = None) -> list[CallRow]:
+    def _list_calls(self, since: str | None) -> list[CallRow]:
         where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())
         rows = self._query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
         return [_call_row(r) for r in rows]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         try:
-            super().close()
+            super().close(timeout)
         finally:
-            self._db.close()
+            with self._lock:
+                self._db.close()
+            self._release()
 
 
 def is_postgres(db: str) -> bool:
@@ -478,6 +580,9 @@ class MemoryStore(Store):
     def release_lease(self) -> None:
         self.instances.pop(self.owner, None)
 
+    def claim(self, holder: str) -> None:
+        self.holder = holder  # a MemoryStore lives in one process: nobody else can write it
+
     def mark_abandoned(self) -> list[str]:
         ids, now = [], time.monotonic()
         for call_id, call in sorted(self.calls.items(), key=lambda kv: (kv[1]["started_at"], kv[0])):
@@ -489,7 +594,7 @@ class MemoryStore(Store):
                 ids.append(call_id)
         return ids
 
-    def list_calls(self, since: str | None = None) -> list[CallRow]:
+    def _list_calls(self, since: str | None) -> list[CallRow]:
         calls = sorted(self.calls.values(), key=lambda c: (c["started_at"], c["call_id"]))
         return [_call_row(tuple(c[k] for k in _CALL_COLS.split(", ")))
                 for c in calls if since is None or c["started_at"] >= since]

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
@@ -102,21 +103,33 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
                     "transfers are not possible")
     owner = new_owner_id()
     store = open_store(args.db, owner=owner)
+    # One server per SQLite log: claim it first (a worker shares its supervisor's claim). A PostgreSQL log is
+    # shared by design; there the leases alone keep servers apart.
+    if args.worker_dir is None:
+        try:
+            store.claim(f"engine serve (starting, --port {args.port})")
+        except StoreError:
+            store.close()
+            raise
     store.renew_lease(args.lease_s)  # before any call: our calls are ours from the first one
-    # Calls of servers that died are ended by any live server's sweep once their lease lapses, never at
-    # start: a second server on the same log never touches a live one's calls.
-    keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
-    keeper.start()
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, worker_dir=args.worker_dir, worker_index=args.worker_index)
     try:
         runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
     except OSError as exc:
-        keeper.stop()
+        await server.providers.aclose()
+        store.release_lease()
         store.close()
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if args.worker_dir is None:
+        store.claim(f"engine serve on http://{args.host}:{port} since "
+                    f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+    # Only once it owns the log and the port does a server sweep: it ends the calls of servers whose lease
+    # has lapsed (they died), never at start, never a live server's (issue 14 replaces mark-at-start).
+    keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
+    keeper.start()
     log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
              flow.name, args.host, port)
     stop = asyncio.Event()
