@@ -57,9 +57,10 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     from engine.store import SqliteStore
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
-    elif token is None:
+    elif token is None and shared_key is None:
         log.warning("!!! TWILIO_AUTH_TOKEN is not set: Twilio request signatures are NOT checked.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
@@ -73,7 +74,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
                     ", ".join(abandoned[:10]))
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
+                    grace_s=args.grace_s, shared_key=shared_key)
     runner, port = await start(server, args.host, args.port)
     log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
              args.host, port)
