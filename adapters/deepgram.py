@@ -17,12 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-import deepgram.listen.v1.raw_client as _listen_raw
-import deepgram.speak.v1.raw_client as _speak_raw
 import websockets.exceptions
 from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
@@ -34,10 +33,25 @@ from adapters.audio import FrameCutter
 from adapters.env import need as _need
 from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
 
-# mu-law barely compresses, and deflating 50 frames a second per call was 10% of the engine's CPU at 100
-# calls (bench/v2v.py --profile). The SDK offers no option, so its socket factory gets compression=None.
-for _raw in (_listen_raw, _speak_raw):
-    _raw.websockets_client_connect = functools.partial(_raw.websockets_client_connect, compression=None)
+#: The SDK modules that call websockets' connect through a name of their own: ``client.py`` is what
+#: ``client.listen.v1.connect`` / ``client.speak.v1.connect`` run, ``raw_client.py`` the raw variant
+#: (deepgram/transport.py's ``_TARGET_MODULES`` patches the same names to swap the transport).
+_SOCKET_MODULES = ("deepgram.listen.v1.client", "deepgram.listen.v1.raw_client",
+                   "deepgram.speak.v1.client", "deepgram.speak.v1.raw_client")
+
+
+def _no_deflate() -> None:
+    """mu-law barely compresses, so offering permessage-deflate only costs CPU (bench/README.md): every
+    module's connect gets ``compression=None`` and the handshake offers no extension. The SDK has no option."""
+    for name in _SOCKET_MODULES:
+        module = importlib.import_module(name)
+        connect = getattr(module, "websockets_client_connect", None)
+        # websockets' own connect only: not twice, and not a transport the SDK's install_transport put there
+        if getattr(connect, "__module__", "").startswith("websockets"):
+            module.websockets_client_connect = functools.partial(connect, compression=None)  # type: ignore[attr-defined]
+
+
+_no_deflate()
 
 Emit = Callable[[Input], None]
 

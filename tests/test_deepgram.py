@@ -359,3 +359,21 @@ async def test_key_never_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> N
         with pytest.raises(DeepgramError):
             await anext(DeepgramTts(KEY, base_url=fake.url).synthesize(speak()))
     assert caplog.records and KEY not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- handshake
+
+
+async def test_no_socket_offers_permessage_deflate() -> None:
+    """What the SDK really sends through the adapter (the patch used to miss the modules the SDK calls)."""
+    async with DeepgramListenFake(Script(), api_key=KEY) as listen, DeepgramSpeakFake(api_key=KEY) as speak_:
+        session = DeepgramStt(KEY, base_url=listen.url).session()
+        await session.start(lambda e: None)
+        await session.close()
+        async for _ in DeepgramTts(KEY, base_url=speak_.url).synthesize(speak("Hi.")):
+            pass
+    for conn in (*listen.connections, *speak_.connections):
+        headers = {k.lower(): v for k, v in conn.headers.items()}
+        assert headers["upgrade"].lower() == "websocket"
+        assert "sec-websocket-extensions" not in headers, headers["sec-websocket-extensions"]
+    assert listen.connections and speak_.connections
