@@ -32,7 +32,7 @@ def missing_keys(flow: Flow, env: Mapping[str, str]) -> list[str]:
 
 def _tts(name: str, flow: Flow, env: Mapping[str, str]):  # type: ignore[no-untyped-def]
     if name == "deepgram":
-        from adapters.deepgram import DeepgramTts
+        from adapters.aura import DeepgramTts
 
         return DeepgramTts.from_env(env, voice=flow.tts.voice)
     if name == "playht":

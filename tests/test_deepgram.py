@@ -13,7 +13,8 @@ import pytest
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
 
-from adapters.deepgram import DeepgramError, DeepgramStt, DeepgramSttSession, DeepgramTts, decode, environment
+from adapters.aura import DeepgramTts
+from adapters.deepgram import DeepgramError, DeepgramStt, DeepgramSttSession, decode, environment
 from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
 from tests.fakes import (
     DeepgramListenFake,
@@ -318,8 +319,10 @@ async def test_tts_stops_at_once_when_closed(how: str) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 2)
         n = len(got)
-        await wait_for(lambda: fake.connections[0].ended == "client")
+        await wait_for(lambda: fake.connections[0].ended == "cleared")  # Clear: the socket stays for the next
+        await tts.aclose()
     assert len(got) == n
+    assert fake.connections[0].controls == ["Speak", "Flush", "Clear"]
     assert fake.connections[0].audio_bytes < fake.audio_for("a long sentence " * 10)
 
 
