@@ -372,3 +372,16 @@ async def test_x_groq_error_is_an_llm_error() -> None:
         events = await run(fake)
     assert events[-1] == LlmError(t_ms=0, cause=7, message="groq: stream stopped early: model overloaded")
     assert not any(isinstance(e, LlmDone) for e in events) and len(fake.requests) == 1
+
+
+def test_a_flow_sets_reasoning_effort_and_a_wrong_one_is_a_placed_one_line_error() -> None:
+    from callstate.flows import check_text
+    from callstate.providers import options
+
+    flow = "name: x\nsystem: hi\nllm:\n  provider: groq\n  model: {model}\n  reasoning_effort: {effort}\n"
+    good = check_text(flow.format(model="openai/gpt-oss-120b", effort="medium"))
+    assert good.errors == [] and good.flow is not None
+    assert options("llm", good.flow.llm).reasoning_effort == "medium"  # type: ignore[attr-defined]
+    bad = check_text(flow.format(model="openai/gpt-oss-20b", effort="none"))
+    assert bad.errors == ["<flow>:3:1 llm: reasoning_effort: 'none' is not one of low, medium, high for "
+                          "openai/gpt-oss-20b"]

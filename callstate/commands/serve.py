@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
-from callstate.providers import build_providers, missing_keys
+from callstate.providers import build_providers, missing_keys, refusals
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
@@ -36,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
         print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+        return 1
+    for line in refusals(flow, os.environ):
+        print(f"error: {line}", file=sys.stderr)
+    if refusals(flow, os.environ):
         return 1
     missing = missing_keys(flow, os.environ)
     if missing:
@@ -67,15 +72,30 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     if rest is None:
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
+    # Ownership first: one live writer per log. Only once this process owns the log AND the port may it end
+    # the calls a dead process left open (a second server that cannot bind must never touch the log).
     store = SqliteStore(args.db)
+    try:
+        store.claim(f"engine serve (starting, --port {args.port})")
+    except StoreError:
+        store.close()
+        raise
+    server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
+                    public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
+                    grace_s=args.grace_s, shared_key=shared_key)
+    try:
+        runner, port = await start(server, args.host, args.port)
+    except OSError as exc:
+        await server.providers.aclose()
+        store.close()
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    store.claim(f"engine serve on http://{args.host}:{port} since "
+                f"{datetime.now(UTC).isoformat(timespec='seconds')}")
     abandoned = store.mark_abandoned()
     if abandoned:
         log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
                     ", ".join(abandoned[:10]))
-    server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
-                    public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s, shared_key=shared_key)
-    runner, port = await start(server, args.host, args.port)
     log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
              args.host, port)
     stop = asyncio.Event()
