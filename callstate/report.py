@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine import events as ev
 from engine.flow import Flow
 from replay.turns import Turn, percentile, steps, turns
+from replay.words import plural
 
 
 def transcript(flow: Flow, log: list[ev.Event]) -> list[str]:
@@ -60,7 +61,7 @@ def turn_table(ts: list[Turn]) -> list[str]:
     v2v = [t.voice_to_voice_ms for t in ts if t.voice_to_voice_ms is not None]
     if v2v:
         lines.append(f"voice-to-voice: p50 {percentile(v2v, 0.5)} ms, p90 {percentile(v2v, 0.9)} ms, "
-                     f"max {max(v2v)} ms over {len(v2v)} turns")
+                     f"max {max(v2v)} ms over {plural(len(v2v), 'turn')}")
     return lines
 
 

@@ -20,6 +20,7 @@ from replay.overrides import OverrideError, apply_sets
 from replay.reproduce import reproduce
 from replay.timeline import Timeline, build
 from replay.whatif import what_if
+from replay.words import plural
 
 HELP = "reproduce a logged call; --timeline/--html to show it, --set/--flow for a what-if"
 
@@ -49,7 +50,7 @@ def _show(tl: Timeline, args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: cannot write {out}: {exc.strerror}", file=sys.stderr)
             return 1
-        print(f"wrote {out} ({len(tl.turns)} turns)")
+        print(f"wrote {out} ({plural(len(tl.turns), 'turn')})")
     return 0
 
 

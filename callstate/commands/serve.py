@@ -15,13 +15,14 @@ from callstate.providers import build_providers, missing_keys
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
+LOG_LEVEL = "info"  # a server says what it does: one line per call started and ended
 log = logging.getLogger("callstate.serve")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
                    "default: from the Host / X-Forwarded-* headers")
@@ -31,7 +32,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
