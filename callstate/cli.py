@@ -85,6 +85,9 @@ def build_parser(chosen: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if a in COMMANDS), None)
+    if chosen is None and "--version" in argv:
+        print(f"callstate {_version()}")
+        return 0
     try:
         parser = build_parser(chosen)
     except ImportError as exc:

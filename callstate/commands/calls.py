@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DEFAULT_DB, open_readonly
+from callstate.logs import DEFAULT_DB, add_since, open_readonly
 from engine.store import StoreError
 from replay.words import width
 
@@ -14,7 +14,7 @@ HELP = "list logged calls (id, start, duration, turns, outcome)"
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
-    p.add_argument("--since", help="only calls started at or after this ISO time")
+    add_since(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,130 @@
+"""Issue 16: the newcomer's path through the `engine` command line, run as the real command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cli import ROOT, engine
+
+SID = "CA" + "0123456789abcdef" * 2  # a real CallSid's length: 34 characters
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("log") / "calls.db"
+    done = engine("call", "scripts/barge_in.call.yaml", "--db", str(path), "--call-id", SID)
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+# item 2: --since is a time, or refused; checking nothing fails
+
+
+@pytest.mark.parametrize(("cmd", "since"), [("check", "garbage"), ("calls", "12/01/2026"), ("stats", "last tuesday")])
+def test_since_refuses_what_is_not_a_time(db: Path, cmd: str, since: str) -> None:
+    done = engine(cmd, "--db", str(db), "--since", since)
+    assert done.returncode == 2, done.stdout
+    assert f"argument --since: {since!r} is not a time" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_since_takes_dates_and_ages(db: Path) -> None:
+    for since in ("1h", "yesterday", "2020-01-01T10:00:00Z"):
+        done = engine("check", "--db", str(db), "--since", since)
+        assert done.returncode == 0, done.stderr
+        assert "checked 1 call: every call reproduces" in done.stdout
+
+
+def test_check_of_nothing_fails_unless_allowed(db: Path) -> None:
+    done = engine("check", "--db", str(db), "--since", "2099-01-01")
+    assert done.returncode == 1
+    assert "checked 0 calls: no call in" in done.stderr
+    allowed = engine("check", "--db", str(db), "--since", "2099-01-01", "--allow-empty")
+    assert allowed.returncode == 0 and "checked 0 calls" in allowed.stdout
+    assert "0 calls" in engine("stats", "--db", str(db), "--since", "2099-01-01").stdout
+
+
+# item 10: help, version, defaults, tables
+
+
+def test_help_describes_every_command_and_version_is_known() -> None:
+    done = engine("--help")
+    assert done.returncode == 0
+    for name, words in {"demo": "simulated", "serve": "live calls", "call": "scripted call", "check": "invariants",
+                        "export": "JSON Lines", "graph": "node graph", "calls": "logged calls"}.items():
+        assert any(line.split()[:1] == [name] and words in line for line in done.stdout.splitlines()), name
+    version = engine("--version")
+    assert version.returncode == 0 and version.stdout.startswith("callstate 0.")
+
+
+def test_serve_help_shows_its_defaults() -> None:
+    out = engine("serve", "--help").stdout
+    for default in ("(default: 127.0.0.1)", "(default: 8080)", "calls.db", "(default: 30.0)"):
+        assert default in out
+
+
+def test_tables_fit_a_callsid_and_count_one_turn_as_one(db: Path) -> None:
+    calls = engine("calls", "--db", str(db)).stdout.splitlines()
+    head, row = calls[0].split(), calls[1].split()
+    assert row[0] == SID and len(row) == len(head)  # the id is whole and every column still lines up
+    assert calls[0].index("started") == calls[1].index(row[1])
+    stats = engine("stats", "--db", str(db)).stdout
+    assert "1 call, " in stats and "1 calls" not in stats
+    assert any(line.startswith(SID + " ") for line in stats.splitlines())
+    replay = engine("replay", SID, "--db", str(db), "--html", str(db.parent / "t.html")).stdout
+    assert "turns)" in replay or "1 turn)" in replay
+    assert "1 turns" not in replay
+
+
+# item 11: exported files are calls too
+
+
+def test_replay_check_and_timeline_read_an_exported_file(db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "call.jsonl"
+    assert engine("export", SID, str(out), "--db", str(db)).returncode == 0
+    replay = engine("replay", str(out))
+    assert replay.returncode == 0 and f"of call {SID}: every effect identical" in replay.stdout
+    check = engine("check", str(out), str(ROOT / "tests/calls/barge_in_and_tool.jsonl"))
+    assert check.returncode == 0 and "checked 2 calls: every call reproduces" in check.stdout
+    timeline = engine("replay", str(out), "--timeline")
+    assert timeline.returncode == 0 and f"call {SID} · flow" in timeline.stdout and "caller_hung_up" in timeline.stdout
+    page = tmp_path / "call.html"
+    assert engine("replay", str(out), "--html", str(page)).returncode == 0 and SID in page.read_text()
+    whatif = engine("replay", str(out), "--set", "turn_taking.barge_in.min_words=3")
+    assert whatif.returncode == 0 and "what-if" in whatif.stdout
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    bad = engine("replay", str(broken))
+    assert bad.returncode == 1 and bad.stderr.startswith(f"error: {broken}:1:") and "Traceback" not in bad.stderr
+
+
+# item 12: the flow's own graph
+
+
+def test_graph_of_a_flow_is_its_node_graph() -> None:
+    done = engine("graph", "flows/support_line.yaml")
+    assert done.returncode == 0
+    assert done.stdout.startswith("flowchart TD\n") and "stateDiagram" not in done.stdout
+    assert '    n0_menu -->|"DTMF 1"| n1_billing' in done.stdout
+    plain = engine("graph", "flows/shipment_status.yaml").stdout
+    assert plain.startswith("flowchart TD\n") and '"lookup_shipment"' in plain
+    assert engine("graph").stdout.startswith("stateDiagram-v2")
+    both = engine("graph", "--only", "all", "flows/support_line.yaml").stdout
+    assert both.startswith("stateDiagram-v2") and "flowchart TD" in both
+
+
+# item 8: levels and formats
+
+
+def test_log_options_and_json_lines(db: Path) -> None:
+    done = engine("--log-level", "debug", "--log-format", "json", "check", "--db", str(db))
+    assert done.returncode == 0
+    # `engine check -q` takes the options after the command too
+    assert engine("check", "-q", "--db", str(db)).returncode == 0
+    bad = engine("--log-level", "loud", "calls", "--db", str(db))
+    assert bad.returncode == 2 and "invalid choice: 'loud'" in bad.stderr
+    json_lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert all({"ts", "level", "logger", "msg"} <= set(rec) for rec in json_lines)
