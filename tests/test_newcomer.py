@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.cli import ROOT, engine
+from tests.cli import ENGINE, ROOT, engine
 
 SID = "CA" + "0123456789abcdef" * 2  # a real CallSid's length: 34 characters
 
@@ -128,3 +135,71 @@ def test_log_options_and_json_lines(db: Path) -> None:
     assert bad.returncode == 2 and "invalid choice: 'loud'" in bad.stderr
     json_lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert all({"ts", "level", "logger", "msg"} <= set(rec) for rec in json_lines)
+
+
+# item 3: signatures checked by default; a 403 says which URL was checked and how to fix it
+
+LOCAL_FLOW = str(ROOT / "tests/data/local_call.yaml")
+
+
+def _no_token() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID")}
+
+
+def _serve(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[str], Path, int | None]:
+    """Start `engine serve`; returns the process, its log file and its port (None if it exited)."""
+    log = tmp_path / f"serve.{time.monotonic_ns()}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([ENGINE, "serve", "--flow", LOCAL_FLOW, "--port", "0", "--db",
+                                 str(tmp_path / "calls.db"), *extra], cwd=tmp_path, stderr=err, text=True,
+                                env={**env, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (m := re.search(r"on http://127\.0\.0\.1:(\d+)", log.read_text())) is not None:
+            return proc, log, int(m[1])
+        if proc.poll() is not None:
+            return proc, log, None
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(log.read_text())
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_serve_refuses_to_start_without_the_twilio_token(tmp_path: Path) -> None:
+    proc, log, port = _serve(tmp_path, _no_token())
+    if port is not None:
+        _stop(proc)
+    assert port is None and proc.returncode == 1
+    err = log.read_text()
+    assert err.startswith("error: TWILIO_AUTH_TOKEN is not set") and "--insecure-skip-signature" in err
+    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature")
+    try:
+        assert port is not None
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).status == 200
+    finally:
+        _stop(proc)
+    assert "--insecure-skip-signature: Twilio request signatures are NOT checked" in log.read_text()
+
+
+def test_a_bad_signature_logs_the_url_it_was_checked_against(tmp_path: Path) -> None:
+    proc, log, port = _serve(tmp_path, {**_no_token(), "TWILIO_AUTH_TOKEN": "t0ken-for-tests"})
+    try:
+        assert port is not None, log.read_text()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/twiml?x=1", data=b"CallSid=CA1",
+                                         headers={"X-Twilio-Signature": "forged"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+    finally:
+        _stop(proc)
+    err = log.read_text()
+    assert f"checked against 'http://127.0.0.1:{port}/twiml?x=1'" in err
+    assert "--public-url https://" in err
+    assert "t0ken-for-tests" not in err
