@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -203,3 +204,42 @@ def test_a_bad_signature_logs_the_url_it_was_checked_against(tmp_path: Path) -> 
     assert f"checked against 'http://127.0.0.1:{port}/twiml?x=1'" in err
     assert "--public-url https://" in err
     assert "t0ken-for-tests" not in err
+
+
+# item 8: one line per call event worth seeing; known errors as one line
+
+
+def test_a_taken_port_is_one_line_and_transitions_stays_quiet(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = engine("serve", "--flow", LOCAL_FLOW, "--port", str(port), "--insecure-skip-signature",
+                      "--db", str(tmp_path / "c.db"), env=_no_token())
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) <= 3
+
+
+async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
+    from adapters.audio import load_fixture
+    from callstate.simcaller import CallerLine, SimCaller
+
+    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json")
+    try:
+        assert port is not None, log.read_text()
+        caller = SimCaller(f"ws://127.0.0.1:{port}/media", lines=[CallerLine(audio=load_fixture("shipment_1"))],
+                           timeout_s=30)
+        await caller.run()
+        deadline = time.monotonic() + 20
+        while "ended" not in log.read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        _stop(proc)
+    records = [json.loads(line) for line in log.read_text().splitlines()]  # every line is one JSON object
+    assert not [r for r in records if r["logger"].startswith("transitions")]
+    started = [r for r in records if "started" in r["msg"] and r["logger"] == "callstate.server"]
+    assert len(started) == 1 and started[0]["call_id"].startswith("CA")
+    assert len(records) < 15, [r["msg"] for r in records]

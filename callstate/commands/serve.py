@@ -56,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # bind: the port is taken, or the address is not this machine's
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+              "(another engine serve? choose one with --port)", file=sys.stderr)
+        return 1
 
 
 async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
