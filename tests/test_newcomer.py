@@ -243,3 +243,35 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     started = [r for r in records if "started" in r["msg"] and r["logger"] == "callstate.server"]
     assert len(started) == 1 and started[0]["call_id"].startswith("CA")
     assert len(records) < 15, [r["msg"] for r in records]
+
+
+# item 5: tool parameters are JSON Schema, checked as such
+
+
+def test_validate_checks_tool_parameters_as_json_schema(tmp_path: Path) -> None:
+    flow = tmp_path / "booking.yaml"
+    flow.write_text("""name: booking
+tools:
+  reserve_table:
+    description: Book a table.
+    parameters:
+      type: object
+      required: [party_size, time]
+      properties:
+        party_size: {type: integr}
+        tme: {type: string}
+        seats: {type: array, items: {type: object, properties: {n: {minimum: "one"}}}}
+    webhook: {url: "http://127.0.0.1:9/book"}
+""")
+    done = engine("validate", "--strict", str(flow))
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert f"{flow}:7:30 tools.reserve_table.parameters.required[1]: no property named 'time' " \
+           "(did you mean 'tme'?)" in lines
+    assert f"{flow}:9:22 tools.reserve_table.parameters.properties.party_size.type: no JSON Schema type " \
+           "'integr' (did you mean 'integer'?)" in lines
+    assert any("properties.seats.items.properties.n.minimum: not valid JSON Schema: 'one' is not of type 'number'"
+               in line for line in lines), lines
+    fixed = flow.read_text().replace("integr}", "integer}").replace("tme:", "time:").replace('"one"', "1")
+    flow.write_text(fixed)
+    assert engine("validate", "--strict", str(flow)).returncode == 0
