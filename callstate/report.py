@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine import events as ev
 from engine.flow import Flow
+from replay.timeline import tool_failure
 from replay.turns import Turn, percentile, steps, turns
 from replay.words import plural
 
@@ -38,7 +39,8 @@ def step_lines(e: ev.Input, effects: list[ev.Effect], before: str, after: str, *
         elif isinstance(x, ev.EnterNode):
             lines.append(f"{t}  -> node {x.node}")
     if isinstance(e, ev.ToolResult):
-        lines.append(f"{t}  tool {e.name} -> " + (f"ok: {e.body[:80]}" if e.ok else f"failed: {e.error}"))
+        result = f"ok: {e.body[:80]}" if e.ok else f"failed: {tool_failure(e.error, e.body)}"
+        lines.append(f"{t}  tool {e.name} -> {result}")
     if state and not isinstance(e, ev.Transcript):
         lines.append(f"{t}  {state}")
     return lines

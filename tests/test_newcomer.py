@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -275,3 +276,45 @@ tools:
     fixed = flow.read_text().replace("integr}", "integer}").replace("tme:", "time:").replace('"one"', "1")
     flow.write_text(fixed)
     assert engine("validate", "--strict", str(flow)).returncode == 0
+
+
+# item 6: README's shipment example works as written; a failed tool names its URL and its error
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_the_shipment_example_calls_its_example_webhook(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}/shipments"
+    env = {"SHIPMENT_API_URL": url}
+    started = subprocess.run([sys.executable, str(ROOT / "examples/shipment_api.py"), "--detach"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+    assert started.returncode == 0, started.stderr
+    pid = int((tmp_path / "shipment_api.pid").read_text())
+    try:
+        done = engine("call", str(ROOT / "scripts/shipment_status.call.yaml"), "--db", str(tmp_path / "c.db"),
+                      env=env)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    assert "tool lookup_shipment -> ok" in done.stdout and "agent (tool_message): Let me check that." in done.stdout
+
+
+def test_a_failed_tool_names_its_url_and_error_everywhere(tmp_path: Path) -> None:
+    port = _free_port()  # nothing listens there
+    db = str(tmp_path / "c.db")
+    done = engine("call", str(ROOT / "scripts/shipment_status.call.yaml"), "--db", db, "--call-id", "c1",
+                  env={"SHIPMENT_API_URL": f"http://user:pw@127.0.0.1:{port}/shipments?key=s3cret"})
+    why = f"connection: POST http://127.0.0.1:{port}/shipments: could not reach the tool's server " \
+          "(ClientConnectorError: Connect call failed"
+    assert f"warning: tool lookup_shipment failed: {why}" in done.stderr
+    assert "1 of 1 tool call failed" in done.stdout.splitlines()[-2]
+    timeline = engine("replay", "c1", "--db", db, "--timeline").stdout
+    assert f"error {why}" in " ".join(timeline.split())
+    for out in (done.stdout, done.stderr, timeline):
+        assert "s3cret" not in out and "user:pw" not in out
