@@ -446,9 +446,8 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
     """
     signatures = Signatures(auth_token, shared_key)
     checked = signatures.enabled and not skip_signature
-    if not checked:
-        log.warning("twilio: request signatures are not checked (%s)",
-                    "skip_signature" if skip_signature else "no auth token")
+    if not checked and not skip_signature:  # skipping on purpose: the caller said so already
+        log.warning("twilio: request signatures are not checked (no auth token)")
 
     def signed(request: web.Request, params: Mapping[str, Any], *, ws: bool) -> bool:
         if not checked:
@@ -458,7 +457,10 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         why = signatures.check(url, params, request.headers)
         if why is None:
             return True
-        log.warning("twilio: %s on %s %s", why, request.method, request.path)
+        # The usual cause is a tunnel or proxy: Twilio signed the public URL, we rebuilt another one.
+        log.warning("twilio: %s on %s %s: checked against %r. If Twilio calls another URL (a tunnel, a proxy), "
+                    "start engine serve with --public-url https://<the host Twilio calls>",
+                    why, request.method, request.path, url)
         return False
 
     async def twiml(request: web.Request) -> web.Response:
