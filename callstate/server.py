@@ -22,8 +22,10 @@ log = logging.getLogger("callstate.server")
 class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
-                 grace_s: float = 30.0, worker_dir: str | None = None, worker_index: int = 0) -> None:
+                 grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
+                 worker_index: int = 0) -> None:
         self.flow, self.providers, self.store = flow, providers, store
+        self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
         self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
@@ -55,7 +57,7 @@ class Server:
         self.clocks[call_id] = TurnClock()
         self.metrics.active += 1
         call.main.add_done_callback(lambda _t, cid=call_id: self._ended(cid))
-        log.info("call %s started", call_id)
+        log.info("call %s started", call_id, extra={"call_id": call_id, "call_sid": call_sid})
         return call
 
     def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
@@ -65,6 +67,8 @@ class Server:
         v2v = self.clocks[call.call_id].step(event, effects, before, call.machine.state)
         if v2v is not None:
             self.metrics.v2v.observe(v2v)
+            log.info("call %s: agent answered, voice to voice %d ms", call.call_id, v2v,
+                     extra={"call_id": call.call_id, "v2v_ms": v2v})
 
     def _ended(self, call_id: str) -> None:
         call = self.calls.pop(call_id, None)
@@ -72,13 +76,14 @@ class Server:
         self.metrics.active -= 1
         if call is not None:
             self.metrics.calls[call.outcome] += 1
-            log.info("call %s ended (%s)", call_id, call.outcome)
+            log.info("call %s ended (%s)", call_id, call.outcome, extra={"call_id": call_id, "outcome": call.outcome})
 
     def app(self) -> web.Application:
         from adapters.twilio import create_app
 
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
-                         skip_signature=self.skip_signature, rest=self.rest)  # type: ignore[arg-type]
+                         skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
+                         shared_key=self.shared_key)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._start_writer)

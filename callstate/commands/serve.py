@@ -12,22 +12,24 @@ from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
-from callstate.providers import build_providers, missing_keys
+from callstate.providers import build_providers, missing_keys, refusals
 from engine.store import DEFAULT_LEASE_S, StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
+LOG_LEVEL = "info"  # a server says what it does: one line per call started and ended
 log = logging.getLogger("callstate.serve")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
                    "default: from the Host / X-Forwarded-* headers")
     p.add_argument("--insecure-skip-signature", action="store_true",
-                   help="accept requests without a valid X-Twilio-Signature (local work only)")
+                   help="accept requests without a valid X-Twilio-Signature (local work only; without it, "
+                   "serve refuses to start unless TWILIO_AUTH_TOKEN is set)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
     p.add_argument("--workers", default="1", help="worker processes sharing the port (SO_REUSEPORT) under a "
                    "supervisor that restarts a dead one; `auto` = one per core (default 1)")
@@ -67,12 +69,22 @@ def run(args: argparse.Namespace) -> int:
     except FlowError as exc:
         print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
         return 1
+    for line in refusals(flow, os.environ):
+        print(f"error: {line}", file=sys.stderr)
+    if refusals(flow, os.environ):
+        return 1
     missing = missing_keys(flow, os.environ)
     if missing:
         print("error: the flow's providers need these environment variables, which are not set:", file=sys.stderr)
         for line in missing:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
+        return 1
+    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+        # Safe by default: without the token anyone who finds the port could place calls and stream audio.
+        print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
+              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
+              "work (`engine demo` needs neither)", file=sys.stderr)
         return 1
     if workers > 1 and not args.worker_dir:
         from callstate.supervisor import supervise
@@ -92,10 +104,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     from engine.store import new_owner_id, open_store
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
-    elif token is None:
-        log.warning("!!! TWILIO_AUTH_TOKEN is not set: Twilio request signatures are NOT checked.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
     if rest is None:
@@ -114,7 +125,8 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     store.renew_lease(args.lease_s)  # before any call: our calls are ours from the first one
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s, worker_dir=args.worker_dir, worker_index=args.worker_index)
+                    grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
+                    worker_index=args.worker_index)
     try:
         runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
     except OSError as exc:
