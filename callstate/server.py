@@ -23,13 +23,14 @@ class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
-                 worker_index: int = 0) -> None:
+                 worker_index: int = 0, db: str | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
         self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
         self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
+        self.db = db  # where the log is (a path or URL): set, GET /calls/{id}/events streams it
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
@@ -84,6 +85,10 @@ class Server:
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
                          skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
                          shared_key=self.shared_key)
+        if self.db is not None:
+            from callstate.follow import EventStream
+
+            EventStream(self.db, self.store).add_to(app)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._start_writer)

@@ -27,16 +27,18 @@ FAST_FAIL_S, FAST_FAILS = 5.0, 5
 
 
 def _worker_argv(args: argparse.Namespace, worker_dir: str, index: int) -> list[str]:
-    argv = [sys.executable, "-m", "callstate.cli", "serve", "--host", args.host, "--port", str(args.port),
-            "--db", args.db, "--grace-s", str(args.grace_s), "--lease-s", str(args.lease_s),
-            "--workers", "1", "--worker-dir", worker_dir, "--worker-index", str(index)]
-    if args.flow:
-        argv += ["--flow", args.flow]
-    if args.public_url:
-        argv += ["--public-url", args.public_url]
-    if args.insecure_skip_signature:
-        argv.append("--insecure-skip-signature")
-    return argv
+    """The command line the user gave (every option, including ones added later), as one worker."""
+    given = list(getattr(args, "argv", None) or [])
+    kept, skip = [], False
+    for a in given:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            kept.append(a)
+    return [sys.executable, "-m", "callstate.cli", *kept, "--workers", "1", "--worker-dir", worker_dir,
+            "--worker-index", str(index)]
 
 
 def supervise(args: argparse.Namespace, workers: int) -> int:

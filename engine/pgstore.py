@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -202,11 +201,11 @@ class PgStore(Store):
                                         (outcome, ended_t_ms, turns, last_seq, Jsonb(extra), call_id))
                     if cur2.rowcount != 1:
                         raise StoreError(f"close_call({call_id!r}): the call is not open in {self.where}")
-                last: dict[str, int] = {}
-                for row in rows:
-                    last[row[0]] = row[1]
-                for call_id, seq in last.items():  # delivered at commit, in commit order, to every listener
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{call_id} {seq}"))
+                last = {row[0]: str(row[1]) for row in rows}
+                if end is not None:
+                    last[end[0]] = "end"
+                for call_id, what in last.items():  # delivered at commit, in commit order, to every listener
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{call_id} {what}"))
         except psycopg.errors.UniqueViolation:
             raise StoreError(self._duplicate(rows)) from None
         except PoolTimeout:
@@ -259,6 +258,8 @@ class PgStore(Store):
                 "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = c.call_id) "
                 f"WHERE c.call_id IN (SELECT call_id FROM calls WHERE {lapsed} FOR UPDATE SKIP LOCKED) "  # type: ignore[arg-type]
                 "RETURNING c.call_id, c.started_at", (self.owner,)).fetchall()
+            for call_id, _ in rows:  # its readers on any host learn that nothing more will come
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{call_id} end"))
         return [call_id for call_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
     def claim(self, holder: str) -> None:
@@ -274,11 +275,4 @@ class PgStore(Store):
             super().close(timeout)
         finally:
             self._pool.close()
-
-
-def listen_connection(url: str) -> psycopg.Connection[Any]:
-    """An autocommit connection listening on the events channel (for one stream reader)."""
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=5)
-    conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(CHANNEL)))
-    return conn
 

@@ -146,6 +146,8 @@ class Store(ABC):
         self.owner = owner or new_owner_id()
         self._leased = False
         self.writer: LogWriter | None = None
+        #: told the call id after each write that reached the log (from the writer thread when there is one)
+        self.listeners: list[Callable[[str], None]] = []
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
@@ -222,14 +224,28 @@ class Store(ABC):
         self._pending.clear()
 
     def _write_open(self, rows: list[Row], end: End | None) -> None:
-        for call_id in sorted(self._write(rows, end)):
+        dropped = self._write(rows, end)
+        for call_id in sorted(dropped):
             log.warning("call %s: no longer open (abandoned by another instance after this one's lease "
                         "lapsed); its new events were not written", call_id)
+        for call_id in sorted(({row[0] for row in rows} | ({end[0]} if end else set())) - dropped):
+            for listener in self.listeners:  # written already: a listener's failure must not undo that
+                try:
+                    listener(call_id)
+                except Exception:
+                    log.exception("log listener failed")
 
     def load_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's flushed envelopes in seq order; checks version, seqs, JSON and truncation."""
         self.drain()
         return _records(call_id, self._read(call_id))
+
+    def load_since(self, call_id: str, after_seq: int) -> tuple[list[dict[str, Any]], bool]:
+        """The call's envelopes after ``after_seq`` (all checked as in load_records), and whether the call
+        has ended (or was abandoned): then nothing more will come."""
+        self.drain()
+        stored = self._read(call_id)
+        return [r for r in _records(call_id, stored) if r["seq"] > after_seq], stored[1] is not None
 
     def load(self, call_id: str) -> list[Event]:
         """The call's flushed events in seq order; also checks each record's type, kind and fields."""

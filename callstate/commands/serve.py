@@ -126,7 +126,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
-                    worker_index=args.worker_index)
+                    worker_index=args.worker_index, db=args.db)
     try:
         runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
     except OSError as exc:
