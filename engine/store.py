@@ -84,9 +84,34 @@ class CallRow:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _row(call_id: str, event: Event) -> Row:
+def _row(call_id: str, event: Event, llm_prev: dict[str, list[Any]] | None = None) -> Row:
+    """One event as a row. With ``llm_prev`` (call id -> the previous request's messages as records), a
+    StartLlm is stored in format 2: ``messages_from`` = how many of the previous request's messages it
+    starts with, then only its other messages. A call's log grows with what is said, not with its square."""
     r = to_record(call_id, event)  # the one envelope definition lives in events.py
-    return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(r["data"]), r["cause"])
+    data = r["data"]
+    if llm_prev is not None and r["type"] == "StartLlm":
+        msgs, prev = data["messages"], llm_prev.get(call_id, [])
+        keep = 0
+        while keep < len(prev) and keep < len(msgs) and prev[keep] == msgs[keep]:
+            keep += 1
+        llm_prev[call_id] = msgs
+        data = {**data, "messages_from": keep, "messages": msgs[keep:]}
+    return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(data), r["cause"])
+
+
+def _rebuild_llm(call_id: str, seq: int, payload: dict[str, Any], prev: list[Any]) -> list[Any]:
+    """A format-2 StartLlm's whole context from the previous request's (the one place it is rebuilt)."""
+    keep = payload.pop("messages_from", None)
+    new = payload.get("messages")
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0 or not isinstance(new, list):
+        raise StoreError(f"call {call_id!r} seq {seq}: StartLlm needs messages_from (a count) and messages "
+                         "(schema version 2)")
+    if keep > len(prev):
+        raise StoreError(f"call {call_id!r} seq {seq}: StartLlm keeps {keep} messages of the previous request, "
+                         f"which had {len(prev)}")
+    payload["messages"] = prev[:keep] + new
+    return payload["messages"]
 
 
 def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
@@ -96,6 +121,7 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
         raise StoreError(f"call {call_id!r} was written with schema version {version}; "
                          f"this engine supports version {SCHEMA_VERSION} and older")
     out = []
+    llm_prev: list[Any] = []  # format 2: the previous request's whole context
     for expected, (seq, t_ms, kind, type_, data, cause) in enumerate(rows, start=1):
         if seq != expected:  # rows come sorted and unique, so the first mismatch is a gap or a seq < 1
             raise StoreError(f"call {call_id!r} seq {expected} is missing: the log goes from seq "
@@ -107,6 +133,8 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
             raise StoreError(f"call {call_id!r} seq {seq}: data is not valid JSON ({exc})") from None
         except RecursionError:
             raise StoreError(f"call {call_id!r} seq {seq}: data nests too deeply to read") from None
+        if version >= 2 and type_ == "StartLlm" and isinstance(payload, dict):
+            llm_prev = _rebuild_llm(call_id, seq, payload, llm_prev)
         out.append({"call_id": call_id, "seq": seq, "t_ms": t_ms, "kind": kind, "type": type_,
                     "data": payload, "cause": cause})
     if last_seq is not None and len(rows) < last_seq:
@@ -145,6 +173,7 @@ class Store(ABC):
         self._next_seq: dict[str, int] = {}  # call open in this store -> the seq append expects next
         self.owner = owner or new_owner_id()
         self._leased = False
+        self._llm_prev: dict[str, list[Any]] = {}  # open call -> its previous request's messages (format 2)
         self.writer: LogWriter | None = None
         #: told the call id after each write that reached the log (from the writer thread when there is one)
         self.listeners: list[Callable[[str], None]] = []
@@ -215,12 +244,15 @@ class Store(ABC):
             raise StoreError(f"close_call({call_id!r}): the call is not open in this store")
         self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, meta or {}))
         del self._next_seq[call_id]
+        self._llm_prev.pop(call_id, None)
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.
-        rows = [_row(call_id, event) for call_id, event in self._pending]
+        llm_prev = dict(self._llm_prev)  # taken on only once the write is done or queued: a retry re-encodes
+        rows = [_row(call_id, event, llm_prev) for call_id, event in self._pending]
         what = f"close_call({end[0]!r})" if end else "flush"
         self._run(lambda: self._write_open(rows, end), len(rows), what)
+        self._llm_prev = llm_prev
         self._pending.clear()
 
     def _write_open(self, rows: list[Row], end: End | None) -> None:

@@ -88,10 +88,11 @@ def test_a_version_1_log_still_loads_and_replays(tmp_path: Path, capsys: pytest.
 def test_check_fails_a_call_whose_rebuilt_context_differs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = make_call(tmp_path, BARGE_AND_TOOL, "c1")
     seq, data = raw(db, "SELECT seq, data FROM events WHERE type = 'StartLlm' AND "
-                        "json_extract(data, '$.messages_from') > 0 ORDER BY seq LIMIT 1")[0]
+                        "json_extract(data, '$.messages_from') > 0 ORDER BY seq DESC LIMIT 1")[0]
     bad = json.loads(data)
     bad["messages_from"] -= 1  # the rebuilt context loses one message the machine had sent
     raw(db, "UPDATE events SET data = ? WHERE call_id = 'c1' AND seq = ?", json.dumps(bad), seq)
+    capsys.readouterr()
     assert main(["check", "--db", str(db)]) == 1
     assert f"call c1 seq {seq}" in capsys.readouterr().out
 

@@ -65,21 +65,6 @@ def chained(exc: BaseException) -> BaseException | None:
     return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "calls.db"
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "memory"])
-def store(request: pytest.FixtureRequest, db_path: Path):
-    if request.param == "postgresql":
-        s: Store = open_store(request.getfixturevalue("pg_url"))
-    else:
-        s = SqliteStore(db_path) if request.param == "sqlite" else MemoryStore()
-    yield s
-    s.close()
-
-
 def another(store: Store) -> Store:
     """A second instance (another process or host) on the same log, with its own owner id."""
     if isinstance(store, MemoryStore):
