@@ -374,3 +374,16 @@ def test_a_missing_file_or_another_apps_db_is_refused_by_a_reader(tmp_path: Path
     raw(tmp_path / "other.db", "CREATE TABLE t (x)")
     with pytest.raises(StoreError, match="not a callstate log"):
         SqliteStore(tmp_path / "other.db", readonly=True)
+
+
+def test_a_turn_sized_flush_round_trips(store: Store) -> None:
+    """Big enough for PostgreSQL's COPY path (engine/pgstore.py COPY_FROM), small ones take INSERT."""
+    store.open_call("c1", started_at=T0, flow="demo")
+    events = [Dtmf(t_ms=i, seq=i, digit=str(i % 10)) for i in range(1, 101)]
+    for e in events[:5]:
+        store.append("c1", e)
+    store.flush()
+    for e in events[5:]:
+        store.append("c1", e)
+    store.flush()
+    assert store.load("c1") == events
