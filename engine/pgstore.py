@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.events import SCHEMA_VERSION
-from engine.store import _CALL_COLS, _LAPSED, CallRow, End, Row, Store, StoreBusy, Stored, StoreError, _call_row
+from engine.store import _LAPSED, CallRow, End, Row, Store, StoreBusy, Stored, StoreError, select_calls
 
 CHANNEL = "callstate_events"
 COPY_FROM = 32  # rows in a flush from which COPY beats executemany (bench/log_store.py, batches 10 vs 100)
@@ -272,9 +272,7 @@ class PgStore(Store):
         self.holder = holder  # shared by design: every server writes it; leases keep their calls apart
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
-        where, params = ("WHERE started_at >= %s", (since,)) if since is not None else ("", ())
-        rows = self._query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
-        return [_call_row(r) for r in rows]
+        return select_calls(self._query, "%s", since)
 
     def close(self, timeout: float = 30.0) -> None:
         try:

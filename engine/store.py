@@ -338,6 +338,14 @@ _CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, met
 _TRANSIENT = {10, 6, 5, 13}
 
 
+def select_calls(query: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]], mark: str,
+                 since: str | None) -> list[CallRow]:
+    """list_calls for a SQL backend (``mark``: its parameter placeholder)."""
+    where, params = (f"WHERE started_at >= {mark}", (since,)) if since is not None else ("", ())
+    rows = query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
+    return [_call_row(r) for r in rows]
+
+
 def _call_row(row: tuple[Any, ...]) -> CallRow:
     call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta = row
     try:
@@ -545,22 +553,16 @@ class SqliteStore(Store):
         # last_seq and ended_t_ms come from what was flushed before the crash: load() then checks that
         # prefix, and list_calls shows how long the call ran. BEGIN IMMEDIATE: no flush interleaves.
         with self._tx("mark_abandoned") as c:
-            ids = [r[0] for r in c.execute(
+            rows = c.execute(
                 "UPDATE calls SET status = 'abandoned', outcome = 'abandoned', last_seq = "
                 "(SELECT coalesce(max(seq), 0) FROM events e WHERE e.call_id = calls.call_id), "
                 "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = calls.call_id) "
-                f"WHERE {_LAPSED.format(now=_SQLITE_NOW, me='?')} RETURNING call_id", (self.owner,))]
-        return sorted(ids, key=self._started_order(ids))
-
-    def _started_order(self, ids: list[str]) -> Callable[[str], tuple[str, str]]:
-        marks = ", ".join("?" * len(ids))
-        started = dict(self._query(f"SELECT call_id, started_at FROM calls WHERE call_id IN ({marks})", tuple(ids)))
-        return lambda i: (started.get(i, ""), i)
+                f"WHERE {_LAPSED.format(now=_SQLITE_NOW, me='?')} RETURNING call_id, started_at",
+                (self.owner,)).fetchall()
+        return [call_id for call_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
-        where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())
-        rows = self._query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
-        return [_call_row(r) for r in rows]
+        return select_calls(self._query, "?", since)
 
     def close(self, timeout: float = 30.0) -> None:
         try:

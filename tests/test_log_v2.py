@@ -15,6 +15,7 @@ from callstate.cli import main
 from engine.events import SCHEMA_VERSION, CallStarted, Message, StartLlm, Transcript, to_record
 from engine.store import SqliteStore, Store, StoreError
 from tests.callhelper import BARGE_AND_TOOL, make_call
+from tests.test_check import sql as raw
 from tests.test_store import T0
 
 SYSTEM = Message(role="system", content="You are terse.")
@@ -33,12 +34,17 @@ def events() -> list:
     return out
 
 
-def raw(path: Path, query: str, *args: object) -> list[tuple]:  # type: ignore[type-arg]
-    con = sqlite3.connect(path)
-    with con:
-        rows = con.execute(query, args).fetchall()
-    con.close()
-    return rows
+def write(store: Store) -> None:
+    store.open_call("c1", started_at=T0, flow="demo")
+    for e in events():
+        store.append("c1", e)
+    store.close_call("c1", outcome="hangup", ended_t_ms=40, turns=4)
+
+
+def written(db: Path) -> Path:
+    with SqliteStore(db) as store:
+        write(store)
+    return db
 
 
 def test_the_schema_is_version_2() -> None:
@@ -46,20 +52,12 @@ def test_the_schema_is_version_2() -> None:
 
 
 def test_start_llm_rows_hold_only_what_is_new_and_load_whole(store: Store) -> None:
-    store.open_call("c1", started_at=T0, flow="demo")
-    for e in events():
-        store.append("c1", e)
-    store.close_call("c1", outcome="hangup", ended_t_ms=40, turns=4)
+    write(store)
     assert store.load("c1") == events()  # every request's whole context, rebuilt
 
 
 def test_a_v2_row_is_the_delta(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    with SqliteStore(db) as store:
-        store.open_call("c1", started_at=T0, flow="demo")
-        for e in events():
-            store.append("c1", e)
-        store.close_call("c1", outcome="hangup", ended_t_ms=40, turns=4)
+    db = written(tmp_path / "c.db")
     rows = [json.loads(d) for (d,) in raw(db, "SELECT data FROM events WHERE type = 'StartLlm' ORDER BY seq")]
     assert [(r["messages_from"], len(r["messages"])) for r in rows] == [(0, 2), (2, 2), (4, 2), (0, 2)]
     assert raw(db, "SELECT DISTINCT schema_version FROM calls") == [(2,)]
@@ -98,12 +96,7 @@ def test_check_fails_a_call_whose_rebuilt_context_differs(tmp_path: Path, capsys
 
 
 def test_a_delta_past_the_previous_request_is_a_store_error(tmp_path: Path) -> None:
-    db = tmp_path / "c.db"
-    with SqliteStore(db) as store:
-        store.open_call("c1", started_at=T0, flow="demo")
-        for e in events():
-            store.append("c1", e)
-        store.close_call("c1", outcome="hangup", ended_t_ms=40, turns=4)
+    db = written(tmp_path / "c.db")
     raw(db, "UPDATE events SET data = json_set(data, '$.messages_from', 9) WHERE seq = 5")
     with SqliteStore(db, readonly=True) as store, pytest.raises(
             StoreError, match=r"call 'c1' seq 5: StartLlm keeps 9 messages of the previous request, which had 2"):
