@@ -318,3 +318,34 @@ def test_a_failed_tool_names_its_url_and_error_everywhere(tmp_path: Path) -> Non
     assert f"error {why}" in " ".join(timeline.split())
     for out in (done.stdout, done.stderr, timeline):
         assert "s3cret" not in out and "user:pw" not in out
+
+
+# item 4: call scripts get the flow validator's treatment
+
+
+def test_call_scripts_are_validated_like_flows(tmp_path: Path) -> None:
+    script = tmp_path / "booking.call.yaml"
+    script.write_text(f"""flow: {ROOT / "flows/appointment.yaml"}
+caller:
+  - say: I'd like a cleaning next Tuesday.
+tools:
+  check_availabilty: {{body: {{available: true}}}}
+  book_appointment: {{body: {{booked: true}}}}
+""")
+    expected = f"{script}:5:3 tools.check_availabilty: no tool named 'check_availabilty' " \
+               "(did you mean 'check_availability'?) in flow 'appointment'"
+    done = engine("validate", str(script))
+    assert done.returncode == 1 and expected in done.stdout.splitlines()
+    call = engine("call", str(script), "--db", str(tmp_path / "c.db"))
+    assert call.returncode == 1 and expected in call.stderr and "Traceback" not in call.stderr
+    assert not (tmp_path / "c.db").exists() or "booking" not in engine("calls", "--db", str(tmp_path / "c.db")).stdout
+    keys = tmp_path / "keys.yaml"  # no .call in the name: recognised by its `caller:`
+    keys.write_text("caller:\n  - say: hi\n    gap: 300\nlantency: {stt_final_ms: 100}\n")
+    done = engine("validate", str(keys))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [f"{keys}:3:5 caller[0].gap: unknown key 'gap' (did you mean 'gap_ms'?)",
+                                        f"{keys}:4:1 lantency: unknown key 'lantency' (did you mean 'latency'?)"]
+    good = engine("validate", "scripts/appointment.call.yaml", "flows/appointment.yaml")
+    assert good.returncode == 0
+    assert good.stdout.splitlines() == ["ok  scripts/appointment.call.yaml (call script, flow flows/appointment.yaml)",
+                                        "ok  flows/appointment.yaml"]
