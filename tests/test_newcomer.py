@@ -349,3 +349,30 @@ tools:
     assert good.returncode == 0
     assert good.stdout.splitlines() == ["ok  scripts/appointment.call.yaml (call script, flow flows/appointment.yaml)",
                                         "ok  flows/appointment.yaml"]
+
+
+# item 7: a tool turn's waterfall shows the tool call, the delay message and the LLM's second pass, and adds up
+
+
+def test_a_tool_turns_waterfall_adds_up_to_voice_to_voice(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    assert engine("call", "scripts/appointment.call.yaml", "--db", db, "--call-id", "ap").returncode == 0
+    timeline = engine("replay", "ap", "--db", db, "--timeline").stdout
+    head = next(line for line in timeline.splitlines() if line.startswith("── turn 1 "))
+    m = re.search(r"voice to voice (\d+) ms = (.*?); the answer at (\d+) ms = \+ (.*?) ·", head)
+    assert m is not None, head
+    path = dict(re.findall(r"([a-z ,]+?) (\d+)(?: \+ |$)", m[2]))
+    answer = dict(re.findall(r"([a-z ,]+?) (\d+)(?: \+ |$)", m[4]))
+    assert sum(map(int, path.values())) == int(m[1])
+    assert sum(map(int, answer.values())) == int(m[3]) - int(m[1])
+    assert {"llm tool call", "tool, until the delay message", "tts first byte"} <= set(path), path
+    assert {"tool", "llm first token", "first clause", "tts first byte"} <= set(answer), answer
+    page = tmp_path / "ap.html"
+    assert engine("replay", "ap", "--db", db, "--html", str(page)).returncode == 0
+    text = page.read_text()
+    section = text[text.index('id="turn-1"'):text.index('id="turn-2"')]
+    bars = re.findall(r'data-part="(\w+)" data-ms="(\d+)"', section)
+    keys = [k for k, _ in bars]
+    v2v = keys.index("voice_to_voice_ms")
+    assert sum(int(ms) for _, ms in bars[:v2v]) == int(bars[v2v][1]) == int(m[1])
+    assert {"llm_tool_call_ms", "tool_wait_ms", "tool_run_ms", "llm_first_token_ms", "answer_ms"} <= set(keys)
