@@ -22,8 +22,9 @@ log = logging.getLogger("callstate.server")
 class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
-                 grace_s: float = 30.0) -> None:
+                 grace_s: float = 30.0, shared_key: str | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
+        self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
         self.calls: dict[str, LiveCall] = {}
@@ -78,7 +79,8 @@ class Server:
         from adapters.twilio import create_app
 
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
-                         skip_signature=self.skip_signature, rest=self.rest)  # type: ignore[arg-type]
+                         skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
+                         shared_key=self.shared_key)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._start_writer)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
-from callstate.providers import build_providers, missing_keys
+from callstate.providers import build_providers, missing_keys, refusals
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
         print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+        return 1
+    for line in refusals(flow, os.environ):
+        print(f"error: {line}", file=sys.stderr)
+    if refusals(flow, os.environ):
         return 1
     missing = missing_keys(flow, os.environ)
     if missing:
@@ -65,6 +69,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     from engine.store import SqliteStore
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
@@ -82,7 +87,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
         raise
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
+                    grace_s=args.grace_s, shared_key=shared_key)
     try:
         runner, port = await start(server, args.host, args.port)
     except OSError as exc:
