@@ -145,7 +145,8 @@ LOCAL_FLOW = str(ROOT / "tests/data/local_call.yaml")
 
 
 def _no_token() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID")}
+    twilio = ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_WEBHOOK_SHARED_KEY")
+    return {k: v for k, v in os.environ.items() if k not in twilio}
 
 
 def _serve(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[str], Path, int | None]:
