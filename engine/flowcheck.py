@@ -73,7 +73,8 @@ class Checks:
         self._required(schema, path)
 
     def _required(self, schema: dict[str, Any], path: Loc) -> None:
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        found = schema.get("properties")
+        props: dict[str, Any] = found if isinstance(found, dict) else {}
         required = schema.get("required")
         for i, name in enumerate(required if isinstance(required, list) else []):
             if name not in props:

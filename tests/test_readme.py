@@ -80,3 +80,14 @@ def test_readme_commands_run_top_to_bottom(tmp_path: Path) -> None:
     assert "reproduced" in out and "checked 3 calls: every call reproduces" in out
     assert "tool lookup_shipment -> ok" in out
     assert (repo / "barge-in.html").exists() and (repo / "barge-in.jsonl").exists()
+
+
+def test_readme_answers_what_a_newcomer_asks() -> None:
+    text = (ROOT / "README.md").read_text()
+    for needed in ("engine check", "engine stats", "engine export", "--timeline", "--html", "--set",
+                   "--public-url", "--insecure-skip-signature", "POST https://YOUR-HOST/twiml", "X-Callstate-Signature",
+                   "64 KiB", "verify_signature", "bench/README.md"):
+        assert needed in text, needed
+    for private in ("design.md", "the issue"):  # readers have neither
+        assert private not in text, private
+    assert "| figure | result |" not in text and "| figure | result |" in (ROOT / "bench/README.md").read_text()
