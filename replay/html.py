@@ -194,6 +194,8 @@ def _waterfall(tl: Timeline, t: Turn) -> str:
     bars: list[tuple[str, str, str, int, int]] = [(PART_NAMES[x.key], x.key, css.get(x.key, "llm"), x.start_ms,
                                                    x.end_ms) for x in path]
     bars.append(("voice to voice", "voice_to_voice_ms", "v2v", path[0].start_ms, path[-1].end_ms))
+    if t.llm_start_ms is not None and t.llm_tool_call_ms is not None:  # in parallel with endpointing, often
+        bars.append(("llm, to the tool call", "llm_tool_call_run_ms", "llm", t.llm_start_ms, t.llm_tool_call_ms))
     if t.tool_call_ms is not None and t.tool_result_ms is not None:
         bars.append(("tool, whole run", "tool_run_ms", "tool", t.tool_call_ms, t.tool_result_ms))
     if answer:
