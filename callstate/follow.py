@@ -111,7 +111,7 @@ class EventStream:
         if is_postgres(self.db):
             self.pg = PgListener(self.db, self.wakeups)
         else:
-            self.store.listeners.append(self.wakeups.wake_threadsafe)
+            self.store.write_listeners.append(self.wakeups.wake_threadsafe)
 
     async def on_cleanup(self, _app: web.Application) -> None:
         if self.pg is not None:

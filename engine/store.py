@@ -176,7 +176,7 @@ class Store(ABC):
         self._llm_prev: dict[str, list[Any]] = {}  # open call -> its previous request's messages (format 2)
         self.writer: LogWriter | None = None
         #: told the call id after each write that reached the log (from the writer thread when there is one)
-        self.listeners: list[Callable[[str], None]] = []
+        self.write_listeners: list[Callable[[str], None]] = []
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
@@ -261,7 +261,7 @@ class Store(ABC):
             log.warning("call %s: no longer open (abandoned by another instance after this one's lease "
                         "lapsed); its new events were not written", call_id)
         for call_id in sorted(({row[0] for row in rows} | ({end[0]} if end else set())) - dropped):
-            for listener in self.listeners:  # written already: a listener's failure must not undo that
+            for listener in self.write_listeners:  # written already: a listener's failure must not undo that
                 try:
                     listener(call_id)
                 except Exception:
