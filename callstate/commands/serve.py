@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from callstate import eventloop
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
 from callstate.providers import build_providers, missing_keys
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(_serve(args, flow))
+        return eventloop.run(_serve(args, flow))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -75,8 +76,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s)
     runner, port = await start(server, args.host, args.port)
-    log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
-             args.host, port)
+    eventloop.settle_gc()
+    log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media; %s loop)", flow.name,
+             args.host, port, eventloop.loop_name())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
