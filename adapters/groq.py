@@ -34,6 +34,11 @@ REQUIRED_ENV = ("GROQ_API_KEY",)
 RETRY_AFTER_CAP_S = 2.0
 #: When a 429 has no retry-after header: the SDK's own initial backoff (groq/_constants.py).
 RETRY_AFTER_DEFAULT_S = 0.5
+#: How long an idle pooled connection is kept. httpx's default is 5 s, shorter than the gap between two
+#: requests of one call (the caller's line plus the agent's): each turn would open a new connection (TCP,
+#: and TLS on a real network) on its critical path. The pool is shared by every call of the process.
+KEEPALIVE_S = 60.0
+POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=KEEPALIVE_S)
 
 
 class _Failure(Exception):
@@ -58,7 +63,7 @@ class GroqLlm:
         # base_url always explicit: with None the SDK would read GROQ_BASE_URL behind our back.
         # timeout_s bounds the connect and each read, so a stalled first byte fails after timeout_s.
         self._client = AsyncGroq(api_key=api_key, base_url=base_url or GROQ_URL, max_retries=0,
-                                 timeout=timeout_s)
+                                 timeout=timeout_s, http_client=groq.DefaultAsyncHttpxClient(limits=POOL))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **settings: Any) -> GroqLlm:
@@ -66,6 +71,22 @@ class GroqLlm:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    async def warm(self) -> str:
+        """Have a connection open in the pool before the call's first request (run while the caller talks).
+
+        ``GET /openai/v1/models`` (authenticated, no tokens spent) opens one when none is idle, DNS and TLS
+        included, and checks the key on the way. Returns what happened, for the call's log.
+        """
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        try:
+            await self._client.models.with_raw_response.list()
+        except groq.APIStatusError as e:
+            return f"HTTP {e.status_code}"  # the connection is open all the same
+        except groq.APIError as e:
+            return type(e).__name__
+        return f"ready in {(loop.time() - t) * 1000:.0f} ms"
 
     async def stream(self, effect: StartLlm, emit: Emit) -> None:
         retried = False

@@ -32,6 +32,9 @@ class Stt(Protocol):
 
 
 class Llm(Protocol):
+    """May also have ``async def warm() -> str``: open a connection before the first request needs it; the
+    runtime runs it at call start and logs what it returns (ProviderNotice what="warm")."""
+
     async def stream(self, effect: StartLlm, emit: Emit) -> None:
         """Emit LlmToken* / LlmToolCall* then LlmDone, or LlmError; all with cause=effect.seq."""
 

@@ -138,6 +138,7 @@ class LiveCall:
     async def _run(self) -> None:
         stt_task = asyncio.create_task(self._stt_pump())
         tts_task = asyncio.create_task(self._tts_worker())
+        warm_task = asyncio.create_task(self._warm("llm", self.p.llm))
         try:
             while True:
                 event, payload = await self.inbox.get()
@@ -174,7 +175,7 @@ class LiveCall:
             self.outcome = "error"
             await self._fail()
         finally:
-            for t in (stt_task, tts_task, *self.tasks.values()):
+            for t in (stt_task, tts_task, warm_task, *self.tasks.values()):
                 t.cancel()
             for h in self.timers.values():
                 h.cancel()
@@ -311,12 +312,26 @@ class LiveCall:
         whole = len(data) - len(data) % FRAME_BYTES or len(data)
         self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // 8)), data)
 
+    async def _warm(self, name: str, adapter: Any) -> None:
+        """Open a provider's connection while the caller talks, off the first turn's path (ports: ``warm``)."""
+        warm = getattr(adapter, "warm", None)
+        if warm is not None:
+            try:
+                detail = await warm()
+            except Exception as exc:
+                detail = _safe(exc)
+            self.emit(ev.ProviderNotice(t_ms=0, provider=name, what="warm", detail=detail))
+
     async def _stt_pump(self) -> None:
+        started = self.loop.time()
         try:
             await self.stt.start(self.emit)
         except Exception as exc:
             self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
             return
+        # on the record: when the recognizer was ready (audio before that waits in stt_audio)
+        self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="open",
+                                    detail=f"ready in {(self.loop.time() - started) * 1000:.0f} ms"))
         while True:
             frame = await self.stt_audio.get()
             try:

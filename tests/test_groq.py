@@ -246,3 +246,31 @@ async def test_key_never_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> N
     async with GroqFake([Reply("never")], api_key="another-key") as fake:
         await run(fake)
     assert caplog.records and KEY not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- warm-up (issue 15)
+
+
+async def test_warm_opens_the_connection_the_first_request_then_uses() -> None:
+    """The runtime warms at call start; the caller's first turn must find that connection, not open one."""
+    async with GroqFake(api_key=KEY, script=[Reply("Yes.")]) as fake:
+        llm = GroqLlm(KEY, base_url=fake.url)
+        try:
+            assert (await llm.warm()).startswith("ready in ")
+            events: list[Input] = []
+            await llm.stream(start_llm(), events.append)
+        finally:
+            await llm.aclose()
+    assert fake.model_lists == 1 and text_of(events) == "Yes."
+    warm_peer, request_peer = fake.peers
+    assert warm_peer == request_peer  # one TCP connection for both
+
+
+async def test_warm_with_a_bad_key_says_so_without_the_key() -> None:
+    async with GroqFake(api_key="another-key") as fake:
+        llm = GroqLlm(KEY, base_url=fake.url)
+        try:
+            detail = await llm.warm()
+        finally:
+            await llm.aclose()
+    assert detail == "HTTP 401" and fake.model_lists == 1
