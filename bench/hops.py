@@ -27,9 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import DATE, commit, loadavg  # noqa: E402
+from bench.harness import DATE, commit, loadavg
 
-FRAME = bytes(range(96, 256)) * 1  # 160 bytes of non-silent mu-law
+FRAME = bytes(range(96, 256))  # 160 bytes of non-silent mu-law
 
 
 def _serve_fakes(conn: Any) -> None:

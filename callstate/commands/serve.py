@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 
 from callstate import eventloop
 from callstate.flows import FlowError, resolve_flow
@@ -67,15 +68,30 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     if rest is None:
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
+    # Ownership first: one live writer per log. Only once this process owns the log AND the port may it end
+    # the calls a dead process left open (a second server that cannot bind must never touch the log).
     store = SqliteStore(args.db)
+    try:
+        store.claim(f"engine serve (starting, --port {args.port})")
+    except StoreError:
+        store.close()
+        raise
+    server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
+                    public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
+                    grace_s=args.grace_s)
+    try:
+        runner, port = await start(server, args.host, args.port)
+    except OSError as exc:
+        await server.providers.aclose()
+        store.close()
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    store.claim(f"engine serve on http://{args.host}:{port} since "
+                f"{datetime.now(UTC).isoformat(timespec='seconds')}")
     abandoned = store.mark_abandoned()
     if abandoned:
         log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
                     ", ".join(abandoned[:10]))
-    server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
-                    public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
-    runner, port = await start(server, args.host, args.port)
     eventloop.settle_gc()
     log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media; %s loop)", flow.name,
              args.host, port, eventloop.loop_name())
