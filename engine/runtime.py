@@ -98,6 +98,10 @@ class LiveCall:
         self.vad = providers.vad()
         self.frames_in = 0
         self.stt_audio: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Frames joined per message to the STT (ports.Stt.batch_frames): a held frame is sent before a
+        # finalize, and the pump joins whatever queued up while it was busy.
+        self.stt_batch = FRAME_BYTES * max(1, getattr(providers.stt, "batch_frames", 1))
+        self.stt_held = bytearray()
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
@@ -129,8 +133,16 @@ class LiveCall:
             end = self.vad.stop_ms
             self.emit(ev.SpeechStopped(t_ms=0, end_ms=None if end is None else min(end, self.now_ms())))
             if self.p.finalize_on_vad_stop:
+                self._stt_release()  # never hold audio across a finalize: it would miss the final
                 self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
-        self.stt_audio.put_nowait(mulaw)
+        self.stt_held += mulaw
+        if len(self.stt_held) >= self.stt_batch:
+            self._stt_release()
+
+    def _stt_release(self) -> None:
+        if self.stt_held:
+            self.stt_audio.put_nowait(bytes(self.stt_held))
+            self.stt_held.clear()
 
     async def wait(self) -> None:
         await asyncio.shield(self.main)
@@ -334,13 +346,24 @@ class LiveCall:
         # on the record: when the recognizer was ready (audio before that waits in stt_audio)
         self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="open",
                                     detail=f"ready in {(self.loop.time() - started) * 1000:.0f} ms"))
+        batching = self.stt_batch > FRAME_BYTES
         while True:
             frame = await self.stt_audio.get()
+            finalize = frame == b""
+            if batching and not finalize:  # what queued meanwhile goes in the same message, up to a finalize
+                audio = [frame]
+                while not self.stt_audio.empty():
+                    more = self.stt_audio.get_nowait()
+                    if more == b"":
+                        finalize = True
+                        break
+                    audio.append(more)
+                frame = b"".join(audio)  # type: ignore[arg-type]
             try:
-                if frame == b"":
-                    await self.stt.speech_stopped()
-                else:
+                if frame:
                     await self.stt.send_audio(frame)
+                if finalize:
+                    await self.stt.speech_stopped()
             except Exception as exc:
                 self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
 
