@@ -87,8 +87,10 @@ def top_frames(raw: Path, n: int = 15) -> list[str]:
         stack, _, count = line.rpartition(" ")
         c = int(count)
         frames = [f.split(" (")[0] for f in stack.split(";")]
-        if frames[-1].endswith(".select") or frames[0] == "Thread._bootstrap":
-            continue  # idle in epoll; a worker thread (py-spy counts one blocked in a read as busy)
+        if frames[-1].endswith(".select") or frames[-1] == "Runner.run" or frames[0] == "Thread._bootstrap":
+            # idle in epoll (asyncio's selector; uvloop's C loop shows as Runner.run with nothing above it);
+            # a worker thread (py-spy counts one blocked in a read as busy)
+            continue
         total += c
         self_c[frames[-1]] += c
         cats[_category(frames)] += c

@@ -35,6 +35,9 @@ log = logging.getLogger("callstate.runtime")
 #: fine enough to cut heard text at about a word.
 CHUNK_MS = 200
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+#: Frames a message to the STT while the caller is silent: 100 ms, inside Deepgram's advice of 20-250 ms a
+#: message; silence is only context for the recognizer, so holding it costs no turn any time.
+SILENT_BATCH_FRAMES = 5
 
 
 class Vad(Protocol):
@@ -98,10 +101,14 @@ class LiveCall:
         self.vad = providers.vad()
         self.frames_in = 0
         self.stt_audio: asyncio.Queue[bytes | None] = asyncio.Queue()
-        # Frames joined per message to the STT (ports.Stt.batch_frames): a held frame is sent before a
-        # finalize, and the pump joins whatever queued up while it was busy.
-        self.stt_batch = FRAME_BYTES * max(1, getattr(providers.stt, "batch_frames", 1))
+        # Frames joined per message to the STT where it costs no latency: the STT's own batch_frames
+        # (ports.Stt) while the caller speaks, SILENT_BATCH_FRAMES while the local VAD hears silence; held
+        # audio goes out before every finalize and at the caller's speech start. Only with finalize at the
+        # VAD's stop: without it the STT's own endpointing would wait for the held frames.
+        batch = max(1, getattr(providers.stt, "batch_frames", 1)) if providers.finalize_on_vad_stop else 1
+        self.stt_batch = (FRAME_BYTES * batch, FRAME_BYTES * (SILENT_BATCH_FRAMES if batch > 1 else 1))
         self.stt_held = bytearray()
+        self.caller_speaking = False
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
@@ -128,15 +135,17 @@ class LiveCall:
         self.frames_in += 1
         change = self.vad.feed(mulaw, t_audio)
         if change == "start":
+            self.caller_speaking = True
             self.emit(ev.SpeechStarted(t_ms=0))
         elif change == "stop":
+            self.caller_speaking = False
             end = self.vad.stop_ms
             self.emit(ev.SpeechStopped(t_ms=0, end_ms=None if end is None else min(end, self.now_ms())))
             if self.p.finalize_on_vad_stop:
                 self._stt_release()  # never hold audio across a finalize: it would miss the final
                 self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
         self.stt_held += mulaw
-        if len(self.stt_held) >= self.stt_batch:
+        if change == "start" or len(self.stt_held) >= self.stt_batch[not self.caller_speaking]:
             self._stt_release()
 
     def _stt_release(self) -> None:
@@ -346,7 +355,7 @@ class LiveCall:
         # on the record: when the recognizer was ready (audio before that waits in stt_audio)
         self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="open",
                                     detail=f"ready in {(self.loop.time() - started) * 1000:.0f} ms"))
-        batching = self.stt_batch > FRAME_BYTES
+        batching = self.stt_batch[1] > FRAME_BYTES
         while True:
             frame = await self.stt_audio.get()
             finalize = frame == b""

@@ -10,7 +10,7 @@ from typing import Any
 from callstate.providers import build_providers
 from engine import events as ev
 from engine.flowload import load_flow
-from engine.runtime import FRAME_BYTES, LiveCall
+from engine.runtime import FRAME_BYTES, SILENT_BATCH_FRAMES, LiveCall
 from engine.store import MemoryStore
 from tests.fakes.base import wait_for
 
@@ -76,7 +76,8 @@ async def test_stt_audio_goes_in_pairs_and_every_frame_before_the_stop_precedes_
     for frame in frames:
         call.audio_in(frame)
         await asyncio.sleep(0)  # the pump runs between frames, as when they come 20 ms apart
-    await wait_for(lambda: sum(len(b) for _, b in stt.ops) >= (FRAMES - 1) // 2 * 2 * FRAME_BYTES)
+    silent_after = (FRAMES - STOP_AT) // SILENT_BATCH_FRAMES * SILENT_BATCH_FRAMES  # whole batches only
+    await wait_for(lambda: sum(len(b) for _, b in stt.ops) >= (STOP_AT + silent_after) * FRAME_BYTES)
     call.emit(ev.CallEnded(t_ms=0, reason="stop"))
     await call.wait()
 
@@ -87,5 +88,8 @@ async def test_stt_audio_goes_in_pairs_and_every_frame_before_the_stop_precedes_
     assert before == b"".join(frames[:STOP_AT])  # nothing held back: the final covers all the speech
     after = b"".join(b for _, b in stt.ops[cut + 1:])
     assert (before + after) == b"".join(frames)[:len(before + after)]  # in order, nothing lost or repeated
-    sizes = [len(b) for k, b in stt.ops if k == "audio"]
-    assert max(sizes) >= 2 * FRAME_BYTES and len(sizes) <= FRAMES // 2 + 2  # about half the messages
+    sizes = [len(b) // FRAME_BYTES for k, b in stt.ops if k == "audio"]
+    # silence before the speech in 100 ms messages, the onset at once, speech in pairs, the rest before the
+    # finalize, then silence in 100 ms messages again
+    assert sizes[:2] == [SILENT_BATCH_FRAMES, 1] and set(sizes[2:cut - 1]) == {2}
+    assert sizes[cut:] == [SILENT_BATCH_FRAMES] * (silent_after // SILENT_BATCH_FRAMES)
