@@ -433,8 +433,9 @@ def engine_figures(stats: dict[str, Any]) -> dict[str, list[float]]:
             clear_us.append((sent - queued) / 1000)
     return {"engine_us": engine_us, "wait_us": wait_us, "max_late_ms": max_late, "barge_in_us": barge_us,
             "clear_us": clear_us, "flush_us": [float(x) for x in stats["flush_us"]],
-            "lag_ms": stats["lag_ms"], "gc_us": [float(us) for _gen, us in stats.get("gc", [])],
-            "gc2_us": [float(us) for gen, us in stats.get("gc", []) if gen == 2]}
+            "lag_ms": stats["lag_ms"], "gc_us": [float(g[1]) for g in stats.get("gc", [])],
+            "gc_cpu_us": [float(g[2]) for g in stats.get("gc", [])],
+            "gc2_us": [float(g[1]) for g in stats.get("gc", []) if g[0] == 2]}
 
 
 HOPS = {
@@ -518,8 +519,14 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
     out.append(f"   engine loop lag (50 ms sleeps): {p50_p99(f['lag_ms'])}, max {max(f['lag_ms'], default=0):.1f}")
     gc_us = f["gc_us"]
     if gc_us:
-        out.append(f"   engine GC pauses: {len(gc_us)} ({len(f['gc2_us'])} full), {p50_p99(gc_us, 'us', 0)}, "
-                   f"max {max(gc_us):.0f} us")
+        cpu = f["gc_cpu_us"]
+        out.append(f"   engine GC pauses: {len(gc_us)} ({len(f['gc2_us'])} full), wall {p50_p99(gc_us, 'us', 0)}, "
+                   f"max {max(gc_us):.0f} us; CPU p99 {pct(cpu, 99):.0f}, max {max(cpu):.0f} us")
+    full = res.engine.get("full_gc", {})
+    if full:
+        out.append("   a full collection: " + "; ".join(
+            f"{k} {v['cpu_ms']:.1f} ms CPU over {v['tracked']} objects ({v['frozen']} frozen)"
+            for k, v in full.items()))
     lag = res.loadgen_lag_ms
     out.append(f"   load-generator loop lag: {p50_p99(lag)}, max {max(lag, default=0):.1f}")
     if f["barge_in_us"]:
