@@ -116,8 +116,9 @@ def bench_flow(*, on_punctuation_ms: int, preemptive: bool = True, finalize: boo
     }
 
 
-def caller_lines(n: int, *, barge_every: int = 0, barge_after_ms: int = 600, gap_ms: int = 300) -> list[CallerLine]:
-    """n lines cycling the shipment fixtures; the first 1 s into the call, then ``gap_ms`` after the agent.
+def caller_lines(n: int, *, barge_every: int = 0, barge_after_ms: int = 600, gap_ms: int = 300,
+                 first_ms: int = 1000) -> list[CallerLine]:
+    """n lines cycling the shipment fixtures; the first ``first_ms`` into the call, then ``gap_ms`` after the agent.
 
     With ``barge_every=k`` every kth line barges in ``barge_after_ms`` into the agent's audio instead.
     """
@@ -127,7 +128,7 @@ def caller_lines(n: int, *, barge_every: int = 0, barge_after_ms: int = 600, gap
         if barge_every and i % barge_every == barge_every - 1:
             out.append(CallerLine(audio=audio, barge_in_after_ms=barge_after_ms))
         else:
-            out.append(CallerLine(audio=audio, gap_ms=1000 if i == 0 else gap_ms))
+            out.append(CallerLine(audio=audio, gap_ms=first_ms if i == 0 else gap_ms))
     return out
 
 
@@ -254,7 +255,8 @@ def _streams_by_sid(db: Path) -> dict[str, int]:
 
 
 async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls: int, lines: int,
-              barge_every: int = 0, gap_ms: int = 300, stagger_s: float = 4.0, warmup: bool = True, seed: int = 0,
+              barge_every: int = 0, gap_ms: int = 300, first_ms: int = 1000, stagger_s: float = 4.0,
+              warmup: bool = True, seed: int = 0,
               tracemalloc: bool = False,
               on_loaded: Any = None, on_ready: Any = None, script: list[CallerLine] | None = None) -> RunResult:
     """``calls`` calls of ``lines`` lines, ``concurrency`` at a time (slots started at random offsets)."""
@@ -281,7 +283,7 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
                 cpu_before = _cpu_s()
                 rng = random.Random(seed)
                 if script is None:
-                    script = caller_lines(lines, barge_every=barge_every, gap_ms=gap_ms)
+                    script = caller_lines(lines, barge_every=barge_every, gap_ms=gap_ms, first_ms=first_ms)
                 timeout = len(script) * 10 + sum(x.gap_ms for x in script) / 1000 + 30
                 sims: list[Caller] = []
                 results: list[Any] = []

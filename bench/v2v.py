@@ -1,6 +1,7 @@
 """Engine-added voice-to-voice latency at 1, 10, 50 and 100 concurrent calls (the engine alone in its process).
 
-    python bench/v2v.py [--levels 1,10,50,100] [--lines 12] [--gap-ms 300] [--json out.json] [--profile DIR] [--tiny]
+    python bench/v2v.py [--levels 1,10,50,100] [--lines 12] [--gap-ms 300] [--first-after-ms 1000]
+                        [--json out.json] [--profile DIR] [--tiny]
 
 Providers are loopback fakes with fixed delays (bench/fakes.py): the STT's final 150 ms after the caller's
 speech end (as the audio reaches it), the LLM's first token 200 ms after the request, a whole first clause,
@@ -116,8 +117,7 @@ async def main_async(args: argparse.Namespace) -> None:
             async def hook(engine: Any, slots: Any) -> None:
                 spies.append(asyncio.create_task(profile_engine(Path(args.profile), args.profile_s, engine, slots)))
         res = await run(PROFILE, flow, concurrency=level, calls=calls, lines=args.lines, gap_ms=args.gap_ms,
-                        on_loaded=hook,
-                        warmup=not args.tiny)
+                        first_ms=args.first_after_ms, on_loaded=hook, warmup=not args.tiny)
         for line in summary(res, PROFILE):
             print(line, flush=True)
         v = res.v2vs()
@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=12, help="caller lines per call")
     ap.add_argument("--gap-ms", type=int, default=300,
                     help="the caller's pause after the agent's line (the turn rate: 300 is a chatty call)")
+    ap.add_argument("--first-after-ms", type=int, default=1000,
+                    help="when the caller's first line starts (a greeting's length; past 5 s httpx's default "
+                         "keep-alive has dropped every idle LLM connection)")
     ap.add_argument("--min-samples", type=int, default=60,
                     help="at low concurrency, run calls one after another until this many lines")
     ap.add_argument("--json")
