@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import groq
@@ -29,6 +30,7 @@ from engine.events import Input, LlmDone, LlmError, LlmToolCall, ProviderNotice,
 Emit = Callable[[Input], None]
 
 GROQ_URL = "https://api.groq.com"  # the SDK appends /openai/v1/chat/completions
+CHAT_PATH = "/openai/v1/chat/completions"  # groq SDK resources/chat/completions.py
 REQUIRED_ENV = ("GROQ_API_KEY",)
 #: Longest retry-after we wait for: past 2 s a caller is better served by a fallback phrase.
 RETRY_AFTER_CAP_S = 2.0
@@ -121,7 +123,12 @@ class GroqLlm:
 
     async def _attempt(self, effect: StartLlm, emit: Emit) -> None:
         try:
-            stream = await self._client.chat.completions.create(**self._request(effect))
+            # The SDK's own request path (auth, base URL, timeout, its status errors) with the body as plain
+            # JSON and the raw httpx response back: not create(), which walks the whole history through its
+            # TypedDict transform on every request and builds pydantic models for every chunk (groq SDK
+            # _base_client.py: post(); _process_response returns an httpx.Response as it is).
+            response = await self._client.post(CHAT_PATH, cast_to=httpx.Response, body=self._request(effect),
+                                               stream=True)
         except groq.RateLimitError as e:
             raise _Failure("429", _retry_after(e.response.headers)) from None
         except groq.InternalServerError as e:
@@ -137,28 +144,29 @@ class GroqLlm:
         finish: str | None = None
         emitted = False
         try:
-            async with stream:  # closes the response on every exit: done, error, cancel
-                async for chunk in stream:
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        delta = choice.delta
-                        if delta.content:
-                            emitted = True
-                            emit(effect.token(t_ms=0, text=delta.content))
-                        for frag in delta.tool_calls or ():
-                            call = calls.setdefault(frag.index, ["", "", ""])
-                            call[0] = frag.id or call[0]
-                            if frag.function is not None:
-                                call[1] = frag.function.name or call[1]
-                                call[2] += frag.function.arguments or ""
-                        finish = choice.finish_reason or finish
-        except groq.APIError as e:  # an error object inside the stream (reference 3.3): not retried
+            async for chunk in _chunks(response):
+                for choice in chunk.get("choices") or ():
+                    if choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta") or {}
+                    if content := delta.get("content"):
+                        emitted = True
+                        emit(effect.token(t_ms=0, text=content))
+                    for frag in delta.get("tool_calls") or ():
+                        call = calls.setdefault(frag.get("index", 0), ["", "", ""])
+                        call[0] = frag.get("id") or call[0]
+                        function = frag.get("function") or {}
+                        call[1] = function.get("name") or call[1]
+                        call[2] += function.get("arguments") or ""
+                    finish = choice.get("finish_reason") or finish
+        except _StreamError as e:  # an error object inside the stream (reference 3.3): not retried
             raise _Failure(f"stream error: {self._safe(e.message)}", emitted=emitted) from None
         except httpx.TimeoutException:
             raise _Failure("timeout mid-stream" if emitted else "timeout", 0.0, emitted=emitted) from None
-        except httpx.TransportError:
+        except (httpx.TransportError, ValueError):  # ValueError: a chunk that is not JSON (a cut body)
             raise _Failure("truncated stream", 0.0, emitted=emitted) from None
+        finally:
+            await response.aclose()  # on every exit: done, error, cancel
         if finish is None:  # the body ended cleanly but without a finish_reason / [DONE]
             raise _Failure("truncated stream", 0.0, emitted=emitted)
         for index in sorted(calls):
@@ -168,6 +176,45 @@ class GroqLlm:
 
     def _safe(self, text: str) -> str:
         return _redact(text, self._key)
+
+
+class _StreamError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of a chat completion's server-sent events, up to ``[DONE]``.
+
+    As the SDK's AsyncStream reads them (groq/_streaming.py): an event whose data holds ``error`` raises with
+    the error's message; events with another name are skipped. The SSE format: ``event:`` and ``data:``
+    fields, a blank line ends an event, a line starting with ``:`` is a comment.
+    """
+    event: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line:
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+            elif name == "event":
+                event = value.strip()
+            continue
+        if data:
+            text = "\n".join(data)
+            if text.startswith("[DONE]"):
+                return
+            obj = json.loads(text)
+            if isinstance(obj, dict):
+                if obj.get("error") and event in (None, "error"):
+                    error = obj["error"]
+                    message = error.get("message") if isinstance(error, dict) else None
+                    raise _StreamError(message if isinstance(message, str) and message
+                                       else "An error occurred during streaming")
+                if event is None:
+                    yield obj
+        event, data = None, []
 
 
 def _retry_after(headers: httpx.Headers) -> float:
