@@ -161,7 +161,9 @@ class LiveCall:
     async def _run(self) -> None:
         stt_task = asyncio.create_task(self._stt_pump())
         tts_task = asyncio.create_task(self._tts_worker())
-        warm_task = asyncio.create_task(self._warm("llm", self.p.llm))
+        # the connections the first turn needs, opened while the caller talks (each on the record when ready)
+        warm_tasks = [asyncio.create_task(self._warm(name, adapter)) for name, adapter in
+                      (("llm", self.p.llm), ("tts", self.p.tts))]
         try:
             while True:
                 event, payload = await self.inbox.get()
@@ -198,7 +200,7 @@ class LiveCall:
             self.outcome = "error"
             await self._fail()
         finally:
-            for t in (stt_task, tts_task, warm_task, *self.tasks.values()):
+            for t in (stt_task, tts_task, *warm_tasks, *self.tasks.values()):
                 t.cancel()
             for h in self.timers.values():
                 h.cancel()
@@ -339,8 +341,9 @@ class LiveCall:
         """Open a provider's connection while the caller talks, off the first turn's path (ports: ``warm``)."""
         warm = getattr(adapter, "warm", None)
         if warm is not None:
+            started = self.loop.time()
             try:
-                detail = str(await warm() or "")
+                detail = str(await warm() or f"ready in {(self.loop.time() - started) * 1000:.0f} ms")
             except Exception as exc:
                 detail = _safe(exc)
             self.emit(ev.ProviderNotice(t_ms=0, provider=name, what="warm", detail=detail))
