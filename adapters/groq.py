@@ -222,7 +222,8 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """
     event: str | None = None
     data: list[str] = []
-    async for line in response.aiter_lines():
+    lines = response.aiter_lines()
+    async for line in lines:
         if line:
             name, _, value = line.partition(":")
             if name == "data":
@@ -233,6 +234,8 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         if data:
             text = "\n".join(data)
             if text.startswith("[DONE]"):
+                async for _ in lines:  # read the body to its end, or httpx drops the connection from the pool
+                    pass
                 return
             obj = json.loads(text)
             if isinstance(obj, dict):
