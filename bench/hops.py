@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import multiprocessing as mp
+import pstats
 import statistics
 import sys
 import time
@@ -49,8 +51,9 @@ def _cpu() -> float:
     return time.process_time()
 
 
-async def _rounds(rounds: int, n: int, op: Callable[[], Awaitable[int]]) -> tuple[float, float]:
-    """Median CPU us per operation and per unit (``op`` returns its units) over ``rounds`` rounds of n ops."""
+async def _rounds(rounds: int, n: int, op: Callable[[], Awaitable[int]]) -> tuple[float, float, float]:
+    """Median CPU us per operation and per unit (``op`` returns its units) over ``rounds`` rounds of n ops,
+    and Python function calls per unit in one more round under cProfile: a count that load cannot move."""
     per_op, per_unit = [], []
     for _ in range(rounds):
         units = 0
@@ -60,7 +63,13 @@ async def _rounds(rounds: int, n: int, op: Callable[[], Awaitable[int]]) -> tupl
         cpu = (_cpu() - t) * 1e6
         per_op.append(cpu / n)
         per_unit.append(cpu / max(1, units))
-    return statistics.median(per_op), statistics.median(per_unit)
+    prof, units = cProfile.Profile(), 0
+    prof.enable()
+    for _ in range(n):
+        units += await op()
+    prof.disable()
+    calls = pstats.Stats(prof).total_calls  # type: ignore[attr-defined]
+    return statistics.median(per_op), statistics.median(per_unit), calls / max(1, units)
 
 
 async def llm_hop(url: str, n: int, rounds: int) -> str:
@@ -83,10 +92,12 @@ async def llm_hop(url: str, n: int, rounds: int) -> str:
 
     await one()  # connection and imports warm
     try:
-        op, unit = await _rounds(rounds, n, one)
+        op, unit, calls = await _rounds(rounds, n, one)
     finally:
         await llm.aclose()
-    return f"llm: {op:.0f} us CPU per request ({len(tokens) - 1} tokens; {unit:.0f} us per token)"
+    n_tokens = sum(1 for e in tokens if isinstance(e, LlmToken))
+    return (f"llm: {op:.0f} us CPU per request ({n_tokens} tokens; {unit:.0f} us per token); "
+            f"{calls * n_tokens:.0f} Python calls per request")
 
 
 async def stt_hop(url: str, n: int, rounds: int) -> str:
@@ -102,11 +113,11 @@ async def stt_hop(url: str, n: int, rounds: int) -> str:
         return batch
 
     try:
-        _, unit = await _rounds(rounds, n * 10 // batch, one)
+        _, unit, calls = await _rounds(rounds, n * 10 // batch, one)
     finally:
         await session.close()
     return (f"stt: {unit:.1f} us CPU per 20 ms of speech sent, {batch} frame(s) a message "
-            f"(x50 per call-second: {unit * 50 / 1000:.2f} ms)")
+            f"(x50 per call-second: {unit * 50 / 1000:.2f} ms); {calls:.0f} Python calls per 20 ms")
 
 
 async def inbound_hop(n: int, rounds: int) -> str:
@@ -129,8 +140,8 @@ async def inbound_hop(n: int, rounds: int) -> str:
         k += 1
         return 1
 
-    op, _ = await _rounds(rounds, n * 10, one)
-    return f"inbound: {op:.1f} us CPU per Twilio media frame (decode + VAD)"
+    op, _, calls = await _rounds(rounds, n * 10, one)
+    return f"inbound: {op:.1f} us CPU per Twilio media frame (decode + VAD); {calls:.0f} Python calls per frame"
 
 
 async def main_async(args: argparse.Namespace) -> None:
