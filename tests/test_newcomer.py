@@ -377,3 +377,29 @@ def test_a_tool_turns_waterfall_adds_up_to_voice_to_voice(tmp_path: Path) -> Non
     v2v = keys.index("voice_to_voice_ms")
     assert sum(int(ms) for _, ms in bars[:v2v]) == int(bars[v2v][1]) == int(m[1])
     assert {"llm_tool_call_ms", "tool_wait_ms", "tool_run_ms", "llm_first_token_ms", "answer_ms"} <= set(keys)
+
+
+# item 13: every property of `engine schema` has a description, so editors show it
+
+
+def test_every_schema_property_has_a_description() -> None:
+    done = engine("schema")
+    schema = json.loads(done.stdout)
+    found: list[str] = []
+    missing: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for name, spec in (node.get("properties") or {}).items():
+                found.append(f"{path}.{name}")
+                if not isinstance(spec, dict) or not spec.get("description"):
+                    missing.append(f"{path}.{name}")
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path)
+
+    walk(schema, "")
+    assert len(found) > 100 and missing == []
+    assert schema["$defs"]["Webhook"]["properties"]["timeout_ms"]["description"].startswith("No answer in this long")
