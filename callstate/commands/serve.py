@@ -81,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
-    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+    signing = os.environ.get("TWILIO_AUTH_TOKEN") or os.environ.get("TWILIO_WEBHOOK_SHARED_KEY")
+    if not signing and not args.insecure_skip_signature:
         # Safe by default: without the token anyone who finds the port could place calls and stream audio.
         print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
-              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
-              "work (`engine demo` needs neither)", file=sys.stderr)
+              "(Twilio console: Account > API keys & tokens; or TWILIO_WEBHOOK_SHARED_KEY for Webhook Rules), "
+              "or pass --insecure-skip-signature for local work (`engine demo` needs neither)", file=sys.stderr)
         return 1
     if workers > 1 and not args.worker_dir:
         from callstate.supervisor import supervise
