@@ -149,11 +149,12 @@ def _no_token() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in twilio}
 
 
-def _serve(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[str], Path, int | None]:
+def _serve(tmp_path: Path, env: dict[str, str], *extra: str, flow: str = LOCAL_FLOW,
+           ) -> tuple[subprocess.Popen[str], Path, int | None]:
     """Start `engine serve`; returns the process, its log file and its port (None if it exited)."""
     log = tmp_path / f"serve.{time.monotonic_ns()}.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([ENGINE, "serve", "--flow", LOCAL_FLOW, "--port", "0", "--db",
+        proc = subprocess.Popen([ENGINE, "serve", "--flow", flow, "--port", "0", "--db",
                                  str(tmp_path / "calls.db"), *extra], cwd=tmp_path, stderr=err, text=True,
                                 env={**env, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 30
@@ -229,7 +230,23 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     from adapters.audio import load_fixture
     from callstate.simcaller import CallerLine, SimCaller
 
-    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json")
+    dead = _free_port()  # the tool's server is down: the log must say which URL failed, and why
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(f"""name: logged
+greeting: Hello.
+llm: {{provider: local}}
+stt: {{provider: local}}
+tts: {{provider: local}}
+tools:
+  lookup:
+    description: Look it up.
+    webhook: {{url: "http://127.0.0.1:{dead}/lookup?key=s3cret", timeout_ms: 1000}}
+local:
+  caller: ["Hi, is my shipment delayed?"]
+  replies: [{{tool: lookup}}, {{text: Sorry about that.}}]
+""")
+    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json",
+                             flow=str(flow))
     try:
         assert port is not None, log.read_text()
         caller = SimCaller(f"ws://127.0.0.1:{port}/media", lines=[CallerLine(audio=load_fixture("shipment_1"))],
@@ -244,6 +261,10 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     assert not [r for r in records if r["logger"].startswith("transitions")]
     started = [r for r in records if "started" in r["msg"] and r["logger"] == "callstate.server"]
     assert len(started) == 1 and started[0]["call_id"].startswith("CA")
+    failed = [r for r in records if r.get("tool") == "lookup"]
+    assert len(failed) == 1 and failed[0]["level"] == "warning"
+    assert f"tool lookup failed: connection: POST http://127.0.0.1:{dead}/lookup: could not reach" in failed[0]["msg"]
+    assert "s3cret" not in log.read_text()
     assert len(records) < 15, [r["msg"] for r in records]
 
 
@@ -377,3 +398,29 @@ def test_a_tool_turns_waterfall_adds_up_to_voice_to_voice(tmp_path: Path) -> Non
     v2v = keys.index("voice_to_voice_ms")
     assert sum(int(ms) for _, ms in bars[:v2v]) == int(bars[v2v][1]) == int(m[1])
     assert {"llm_tool_call_ms", "tool_wait_ms", "tool_run_ms", "llm_first_token_ms", "answer_ms"} <= set(keys)
+
+
+# item 13: every property of `engine schema` has a description, so editors show it
+
+
+def test_every_schema_property_has_a_description() -> None:
+    done = engine("schema")
+    schema = json.loads(done.stdout)
+    found: list[str] = []
+    missing: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for name, spec in (node.get("properties") or {}).items():
+                found.append(f"{path}.{name}")
+                if not isinstance(spec, dict) or not spec.get("description"):
+                    missing.append(f"{path}.{name}")
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path)
+
+    walk(schema, "")
+    assert len(found) > 100 and missing == []
+    assert schema["$defs"]["Webhook"]["properties"]["timeout_ms"]["description"].startswith("No answer in this long")
