@@ -377,10 +377,13 @@ def public_base(request: web.Request, public_url: str | None, *, ws: bool) -> st
 
 def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | None = None,
                skip_signature: bool = False, rest: TwilioRest | None = None,
-               max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100) -> web.Application:
+               max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100,
+               media_token: Callable[[web.Request], bool] | None = None) -> web.Application:
     """``POST /twiml`` (the number's voice webhook) and ``GET /media`` (the Media Streams socket).
 
     ``on_call(info, phone)`` returns the call's handle (engine.ports.CallHandle). ``rest`` is closed with the app.
+    ``media_token`` (the browser phone's check) admits a /media request Twilio did not sign; when it is set,
+    /media takes a valid Twilio signature or a valid token and nothing else, even with no auth token.
     """
     validator = RequestValidator(auth_token) if auth_token and not skip_signature else None
     if validator is None:
@@ -414,7 +417,13 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         return web.Response(text=str(response), content_type="text/xml")
 
     async def media(request: web.Request) -> web.StreamResponse:
-        if not signed(request, {}, ws=True):  # before the upgrade: a plain HTTP 403
+        # Before the upgrade: a plain HTTP 403.
+        if media_token is not None and media_token(request):
+            pass
+        elif media_token is not None and validator is None and not skip_signature:
+            log.warning("twilio: /media without a valid phone token, and no auth token to check a signature")
+            return web.Response(status=403, text="a valid phone token or Twilio signature is required")
+        elif not signed(request, {}, ws=True):
             return web.Response(status=403, text="bad signature")
         ws = web.WebSocketResponse(max_msg_size=max_message_bytes)
         await ws.prepare(request)

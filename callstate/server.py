@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from callstate.eventfeed import LocalFeed, stream
 from callstate.metrics import Metrics, TurnClock
+from callstate.phoneauth import Access, PhoneTokens
 from engine import events as ev
 from engine.flow import Flow
 from engine.runtime import LiveCall, Providers
-from engine.store import Store
+from engine.store import Store, StoreError
 
 log = logging.getLogger("callstate.server")
 
@@ -22,7 +24,7 @@ log = logging.getLogger("callstate.server")
 class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
-                 grace_s: float = 30.0) -> None:
+                 grace_s: float = 30.0, phone: bool = False, api_key: str | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
@@ -31,6 +33,10 @@ class Server:
         self.metrics = Metrics()
         self.draining = False
         self.rng = random.SystemRandom()
+        #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
+        self.phone = phone
+        self.access = Access(PhoneTokens() if phone else None, api_key)
+        self.feed: LocalFeed | None = None  # built with the app (it needs the running loop)
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
@@ -71,11 +77,47 @@ class Server:
         from adapters.twilio import create_app
 
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
-                         skip_signature=self.skip_signature, rest=self.rest)  # type: ignore[arg-type]
+                         skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
+                         media_token=self.access.token_ok if self.phone else None)
+        if self.phone:
+            app.router.add_get("/phone", self._phone_page)
+        app.router.add_get("/calls/{call_id}/events", self._events)
+        app.router.add_get("/calls/{call_id}/timeline", self._timeline)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_shutdown.append(lambda _app: self.shutdown())
         return app
+
+    async def _phone_page(self, request: web.Request) -> web.Response:
+        from callstate.phone import render_page
+
+        assert self.access.tokens is not None
+        page = render_page(token=self.access.tokens.mint(), flow=self.flow.name)
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        self.access.check_reader(request)
+        if self.feed is None:
+            self.feed = LocalFeed(self.store)
+        return await stream(request, self.feed, request.match_info["call_id"])
+
+    async def _timeline(self, request: web.Request) -> web.Response:
+        from replay import html
+        from replay.timeline import build
+
+        self.access.check_reader(request)
+        call_id = request.match_info["call_id"]
+        row = next((r for r in self.store.list_calls() if r.call_id == call_id), None)
+        if row is None or row.status == "open":
+            raise web.HTTPNotFound(text=f"no ended call {call_id!r}\n")
+        try:
+            events = self.store.load(call_id)
+            flow = Flow.model_validate(row.meta.get("flow") or {})
+        except (StoreError, ValueError) as exc:
+            raise web.HTTPNotFound(text=f"call {call_id!r} cannot be shown: {exc}\n") from None
+        tl = build(flow, events, call_id=call_id, outcome=row.outcome, meta=row.meta)
+        return web.Response(text=html.render(tl), content_type="text/html", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         status = 503 if self.draining else 200
