@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "serve": "serve",
+    "talk": "talk",
     "call": "call",
     "replay": "replay",
     "calls": "calls",

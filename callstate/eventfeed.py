@@ -41,8 +41,8 @@ class Subscription(Protocol):
 
 class Feed(Protocol):
     def subscribe(self, call_id: str) -> Subscription: ...
-    def backlog(self, call_id: str) -> tuple[list[Record], bool]:
-        """(envelopes so far, the call has ended). Raises StoreError for an unknown call."""
+    async def backlog(self, call_id: str) -> tuple[list[Record], bool]:
+        """(envelopes so far, the call had ended when asked). Raises StoreError for an unknown call."""
 
 
 class _QueueSubscription:
@@ -105,8 +105,13 @@ class LocalFeed:
         self.subs.setdefault(call_id, set()).add(sub)
         return sub
 
-    def backlog(self, call_id: str) -> tuple[list[Record], bool]:
-        return self.store.records_with_pending(call_id), not self.store.is_open_here(call_id)
+    async def backlog(self, call_id: str) -> tuple[list[Record], bool]:
+        # The buffered tail and "still open" are read here, in the appending thread, before anything else:
+        # what leaves the buffer after this point is in the writer's queue, which load_records waits for.
+        tail, ended = self.store.pending_records(call_id), not self.store.is_open_here(call_id)
+        flushed = await asyncio.to_thread(self.store.load_records, call_id)  # waits on the writer: off the loop
+        last = flushed[-1]["seq"] if flushed else 0
+        return flushed + [r for r in tail if r["seq"] > last], ended
 
     def close(self) -> None:
         with contextlib.suppress(ValueError):
@@ -134,7 +139,7 @@ async def stream(request: web.Request, feed: Feed, call_id: str) -> web.StreamRe
     sub = feed.subscribe(call_id)
     try:
         try:
-            backlog, ended = feed.backlog(call_id)
+            backlog, ended = await feed.backlog(call_id)
         except StoreError:
             raise web.HTTPNotFound(text=f"no call {call_id!r}\n") from None
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",

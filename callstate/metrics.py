@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from engine import events as ev
+from engine.logwriter import LogWriter
 
 #: Voice-to-voice buckets (ms): dense around the 500 ms target and the ~700 ms talk-over point.
 V2V_BUCKETS = (200, 300, 400, 450, 500, 600, 700, 800, 1000, 1500, 2000, 5000)
@@ -35,6 +36,9 @@ class Metrics:
         self.turns = 0
         self.barge_ins = 0
         self.provider_errors: dict[str, int] = defaultdict(int)
+        self.refused: dict[str, int] = defaultdict(int)  # calls or connections turned away, by reason
+        self.timeouts: dict[str, int] = defaultdict(int)  # peers cut for idling, by what they failed to send
+        self.limits: dict[str, int] = defaultdict(int)  # per-call limits hit, by limit
         self.v2v = Histogram(V2V_BUCKETS)
         self.engine_us = Histogram(ENGINE_BUCKETS_US)
 
@@ -52,7 +56,7 @@ class Metrics:
         elif isinstance(event, ev.ProviderNotice) and event.what in ("error", "stt_dropped", "retry"):
             self.provider_errors[event.provider] += 1
 
-    def render(self) -> str:
+    def render(self, writer: LogWriter | None = None) -> str:
         lines = [
             "# HELP callstate_active_calls Calls in progress.", "# TYPE callstate_active_calls gauge",
             f"callstate_active_calls {self.active}",
@@ -70,8 +74,33 @@ class Metrics:
             "# TYPE callstate_voice_to_voice_ms histogram", *self.v2v.lines("callstate_voice_to_voice_ms"),
             "# HELP callstate_engine_us Time inside the engine per input (feed, log, dispatch).",
             "# TYPE callstate_engine_us histogram", *self.engine_us.lines("callstate_engine_us"),
+            *_counter("callstate_refused_total", "Calls or connections refused, by reason.", "reason",
+                      self.refused),
+            *_counter("callstate_peer_timeouts_total", "Peers cut for idling, by what they did not send.",
+                      "what", self.timeouts),
+            *_counter("callstate_call_limits_total", "Per-call limits hit, by limit.", "limit", self.limits),
         ]
+        if writer is not None:
+            st = writer.stats
+            lines += [
+                "# HELP callstate_log_queued_events Events waiting for the log writer.",
+                "# TYPE callstate_log_queued_events gauge", f"callstate_log_queued_events {writer.pending_events}",
+                "# HELP callstate_log_stalled_seconds How long the log writer has been waiting on the database.",
+                "# TYPE callstate_log_stalled_seconds gauge", f"callstate_log_stalled_seconds {writer.stalled_s:.1f}",
+                "# HELP callstate_log_events_written_total Events written to the log.",
+                "# TYPE callstate_log_events_written_total counter",
+                f"callstate_log_events_written_total {st.written_events}",
+                "# HELP callstate_log_write_retries_total Log writes retried (database locked or full).",
+                "# TYPE callstate_log_write_retries_total counter", f"callstate_log_write_retries_total {st.retries}",
+                "# HELP callstate_log_events_lost_total Events the log could not take.",
+                "# TYPE callstate_log_events_lost_total counter", f"callstate_log_events_lost_total {st.lost_events}",
+            ]
         return "\n".join(lines) + "\n"
+
+
+def _counter(name: str, help_: str, label: str, values: dict[str, int]) -> list[str]:
+    return [f"# HELP {name} {help_}", f"# TYPE {name} counter",
+            *[f'{name}{{{label}="{k}"}} {v}' for k, v in sorted(values.items())]]
 
 
 class TurnClock:

@@ -41,6 +41,11 @@ class Server:
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
             raise RuntimeError("shutting down: not accepting new calls")
+        writer = self.store.writer
+        if writer is not None and writer.degraded:
+            self.metrics.refused["log_behind"] += 1
+            raise RuntimeError(f"the call log is behind ({writer.pending_events} events waiting to be written): "
+                               "not accepting new calls until it catches up")
         call_sid = getattr(info, "call_sid", "") or ""
         call_id = call_sid if call_sid and call_sid not in self.calls else f"call-{uuid.uuid4().hex[:12]}"
         params = dict(getattr(info, "params", {}) or {})
@@ -85,6 +90,7 @@ class Server:
         app.router.add_get("/calls/{call_id}/timeline", self._timeline)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.on_startup.append(self._start_writer)
         app.on_shutdown.append(lambda _app: self.shutdown())
         return app
 
@@ -108,23 +114,34 @@ class Server:
 
         self.access.check_reader(request)
         call_id = request.match_info["call_id"]
-        row = next((r for r in self.store.list_calls() if r.call_id == call_id), None)
+        calls = await asyncio.to_thread(self.store.list_calls)  # reads wait on the log writer: off the loop
+        row = next((r for r in calls if r.call_id == call_id), None)
         if row is None or row.status == "open":
             raise web.HTTPNotFound(text=f"no ended call {call_id!r}\n")
         try:
-            events = self.store.load(call_id)
+            events = await asyncio.to_thread(self.store.load, call_id)
             flow = Flow.model_validate(row.meta.get("flow") or {})
         except (StoreError, ValueError) as exc:
             raise web.HTTPNotFound(text=f"call {call_id!r} cannot be shown: {exc}\n") from None
         tl = build(flow, events, call_id=call_id, outcome=row.outcome, meta=row.meta)
         return web.Response(text=html.render(tl), content_type="text/html", charset="utf-8")
 
+    async def _start_writer(self, _app: web.Application) -> None:
+        # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
+        # process makes the log wait, never the calls (issue 11).
+        self.store.start_writer(str(getattr(self.store, "path", "log")))
+
     async def _healthz(self, request: web.Request) -> web.Response:
-        status = 503 if self.draining else 200
-        return web.json_response({"ok": not self.draining, "active_calls": len(self.calls)}, status=status)
+        writer = self.store.writer
+        log_ok = writer is None or not writer.degraded
+        body = {"ok": not self.draining and log_ok, "active_calls": len(self.calls)}
+        if writer is not None and (writer.pending_events or writer.stalled_s):
+            body["log"] = {"queued_events": writer.pending_events, "stalled_s": round(writer.stalled_s, 1)}
+        return web.json_response(body, status=200 if body["ok"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8")
+        return web.Response(text=self.metrics.render(self.store.writer), content_type="text/plain",
+                            charset="utf-8")
 
     async def shutdown(self) -> None:
         """Stop accepting calls, let the live ones finish for up to grace_s, end the rest, flush the log."""
@@ -148,6 +165,10 @@ async def start(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple
     runner = web.AppRunner(server.app(), handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, bound

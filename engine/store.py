@@ -10,13 +10,21 @@ Rules:
 - The store never reads a clock: ``started_at`` (wall clock, ISO 8601, UTC advised) comes from the caller.
 - What a user can get wrong (a path that is not a log, a corrupt or newer log) is a StoreError naming the
   file, or the call and the seq. No sqlite3 exception escapes.
+- One live writer per log: ``claim(holder)`` takes the log for this process's life (SQLite: an flock on
+  ``<db>.lock``, released by the kernel even on kill -9) and fails with a StoreError naming the holder.
+  ``mark_abandoned`` runs only under a claim: a process that does not own the log never ends others' calls.
+- ``start_writer()`` moves every write (open_call, flush, close_call) to a thread (engine/logwriter.py): the
+  event loop never waits on the disk or on a lock, a busy database is retried and logged, never dropped.
+  Reads first wait for the queued writes (read your writes).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +36,7 @@ from typing import Any, Literal
 import sqlite_utils
 
 from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
+from engine.logwriter import LogWriter
 
 Status = Literal["open", "ended", "abandoned"]
 Row = tuple[str, int, int, str, str, str, int | None]  # call_id, seq, t_ms, kind, type, data (JSON), cause
@@ -37,6 +46,11 @@ Stored = tuple[int, int | None, list[tuple[Any, ...]]]  # schema_version, last_s
 
 class StoreError(Exception):
     """The log cannot be read or written as asked. The message names the file, or the call and seq."""
+
+
+class StoreBusy(StoreError):
+    """A write that may succeed if tried again (the database is locked by another process, the disk is
+    full): the writer thread retries it instead of dropping it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,8 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
             payload = json.loads(data)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"call {call_id!r} seq {seq}: data is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise StoreError(f"call {call_id!r} seq {seq}: data nests too deeply to read") from None
         out.append({"call_id": call_id, "seq": seq, "t_ms": t_ms, "kind": kind, "type": type_,
                     "data": payload, "cause": cause})
     if last_seq is not None and len(rows) < last_seq:
@@ -90,10 +106,17 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
 class Store(ABC):
     """One interface for every backend (SQLite now; PostgreSQL can take the same log later).
 
-    The seq checks and the buffer live here; a backend supplies storage: ``_insert_call``, ``_write`` (the
-    rows and, at call end, the summary, atomically; a duplicate is a StoreError naming call and seq),
-    ``_read``, ``mark_abandoned`` (every call a crashed process left ``open``) and ``list_calls``
-    (calls started at or after ``since``, ISO text compared as text, oldest first).
+    The seq checks, the buffer and the writer thread live here; a backend supplies storage:
+
+    - ``_insert_call`` and ``_write`` (the rows and, at call end, the summary, atomically; a duplicate is a
+      StoreError naming call and seq; a transient failure is StoreBusy, and is retried). Once
+      ``start_writer`` has run, both are called from the writer thread, one at a time, in order.
+    - ``_read`` and ``list_calls`` (calls started at or after ``since``, ISO text compared as text, oldest
+      first), which may run on another thread than the writes.
+    - ``claim(holder)``: make this process the log's one live writer, or raise a StoreError naming the
+      holder; calling it again updates the holder's description (e.g. once the port is bound).
+    - ``mark_abandoned``: end every call left ``open`` by a process that no longer runs. Only the claimant
+      may, and only calls it does not have open itself.
     """
 
     def __init__(self) -> None:
@@ -102,6 +125,24 @@ class Store(ABC):
         #: Called with (call_id, event) on every append and (call_id, None) when the call closes, in the
         #: appending thread: a live event stream's in-process source (callstate/eventfeed.py).
         self.listeners: list[Callable[[str, Event | None], None]] = []
+        self.writer: LogWriter | None = None
+
+    def start_writer(self, name: str, **limits: Any) -> LogWriter:
+        """From now on, writes are queued to a thread (see engine/logwriter.py); ``close`` drains it."""
+        if self.writer is None:
+            self.flush()
+            self.writer = LogWriter(name, retry_on=StoreBusy, **limits)
+        return self.writer
+
+    def _run(self, op: Callable[[], None], events: int, what: str) -> None:
+        if self.writer is None:
+            op()
+        else:
+            self.writer.submit(op, events, what)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the writes queued so far; True when they are done (always, without a writer)."""
+        return self.writer is None or self.writer.drain(timeout)
 
     def open_call(self, call_id: str, *, started_at: str, flow: str,
                   meta: dict[str, Any] | None = None) -> None:
@@ -110,7 +151,9 @@ class Store(ABC):
         except (TypeError, ValueError):
             raise StoreError(f"open_call({call_id!r}): started_at must be ISO 8601 text, "
                              f"got {started_at!r}") from None
-        self._insert_call(call_id, started_at, flow, meta or {})
+        if call_id in self._next_seq:
+            raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
+        self._run(lambda: self._insert_call(call_id, started_at, flow, meta or {}), 0, f"open_call({call_id!r})")
         self._next_seq[call_id] = 1
 
     def append(self, call_id: str, event: Event) -> None:
@@ -147,19 +190,21 @@ class Store(ABC):
         """The call is live in this store (appends to it still come)."""
         return call_id in self._next_seq
 
-    def records_with_pending(self, call_id: str) -> list[dict[str, Any]]:
-        """The call's envelopes so far: flushed ones, then those still buffered (a live call's tail)."""
-        flushed = self.load_records(call_id)
-        last = flushed[-1]["seq"] if flushed else 0
-        return flushed + [to_record(cid, e) for cid, e in list(self._pending) if cid == call_id and e.seq > last]
+    def pending_records(self, call_id: str) -> list[dict[str, Any]]:
+        """The call's envelopes appended but not yet handed to the writer (a live call's tail). Taken in the
+        appending thread; with ``load_records`` (which waits for what was handed over) it is the whole log."""
+        return [to_record(cid, e) for cid, e in self._pending if cid == call_id]
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.
-        self._write([_row(call_id, event) for call_id, event in self._pending], end)
+        rows = [_row(call_id, event) for call_id, event in self._pending]
+        what = f"close_call({end[0]!r})" if end else "flush"
+        self._run(lambda: self._write(rows, end), len(rows), what)
         self._pending.clear()
 
     def load_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's flushed envelopes in seq order; checks version, seqs, JSON and truncation."""
+        self.drain()
         return _records(call_id, self._read(call_id))
 
     def load(self, call_id: str) -> list[Event]:
@@ -173,9 +218,11 @@ class Store(ABC):
                 raise StoreError(msg if msg.startswith(where) else f"{where}: {msg}") from None
         return events
 
-    def close(self) -> None:
-        """Flush what is buffered, then release the backend."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is buffered, let the writer finish (up to ``timeout`` s), then release the backend."""
         self.flush()
+        if self.writer is not None:
+            self.writer.stop(timeout)
 
     def __enter__(self) -> Store:
         return self
@@ -193,13 +240,22 @@ class Store(ABC):
     def _read(self, call_id: str) -> Stored: ...
 
     @abstractmethod
-    def mark_abandoned(self) -> list[str]: ...
+    def claim(self, holder: str) -> None: ...
 
     @abstractmethod
-    def list_calls(self, since: str | None = None) -> list[CallRow]: ...
+    def mark_abandoned(self) -> list[str]: ...
+
+    def list_calls(self, since: str | None = None) -> list[CallRow]:
+        self.drain()
+        return self._list_calls(since)
+
+    @abstractmethod
+    def _list_calls(self, since: str | None) -> list[CallRow]: ...
 
 
 _CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta"
+# SQLITE_IOERR, SQLITE_LOCKED, SQLITE_BUSY, SQLITE_FULL (primary codes): worth another try
+_TRANSIENT = {10, 6, 5, 13}
 
 
 def _call_row(row: tuple[Any, ...]) -> CallRow:
@@ -208,6 +264,8 @@ def _call_row(row: tuple[Any, ...]) -> CallRow:
         meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
     except ValueError as exc:
         raise StoreError(f"call {call_id!r}: meta is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise StoreError(f"call {call_id!r}: meta nests too deeply to read") from None
     return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta)
 
 
@@ -219,9 +277,11 @@ class SqliteStore(Store):
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path}: no such file")
+        self._lock = threading.RLock()  # the connection is shared by the loop (reads) and the writer thread
+        self._owner: int | None = None  # the fd holding <db>.lock while this store owns the log
         target = self.path.resolve().as_uri() + "?mode=ro" if readonly else str(self.path)
         try:
-            conn = sqlite3.connect(target, uri=readonly)
+            conn = sqlite3.connect(target, uri=readonly, check_same_thread=False)
         except sqlite3.Error as exc:  # e.g. a directory that does not exist
             raise StoreError(f"{self.path}: cannot open ({exc})") from None
         try:
@@ -264,20 +324,49 @@ class SqliteStore(Store):
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._db.execute(sql, params).fetchall()
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+        except RecursionError:
+            raise StoreError(f"{self.path}: a value nests too deeply to read") from None
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from None
 
     @contextmanager
     def _tx(self, what: str, conflict: Callable[[], str] | None = None) -> Iterator[sqlite3.Connection]:
-        """One write transaction; a sqlite3 error becomes a StoreError naming the file and the operation."""
+        """One write transaction; a sqlite3 error becomes a StoreError naming the file and the operation
+        (StoreBusy when trying again may work: locked by another process, disk full, I/O error)."""
         try:
-            with self._db.atomic():
+            with self._lock, self._db.atomic():
                 yield self._db.conn
         except sqlite3.IntegrityError as exc:
             raise StoreError(conflict() if conflict else f"{self.path}: {what}: {exc}") from None
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {what}: {exc}") from None
+            transient = getattr(exc, "sqlite_errorcode", 0) & 0xFF in _TRANSIENT
+            raise (StoreBusy if transient else StoreError)(f"{self.path}: {what}: {exc}") from None
+
+    def claim(self, holder: str) -> None:
+        lock_path = Path(f"{self.path}.lock")
+        if self._owner is None:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"{lock_path}: cannot open the log's lock file ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                other = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise StoreError(f"{self.path} is in use by {other}; one live writer per log "
+                                 "(stop it, or pass another --db)") from None
+            self._owner = fd
+        text = f"pid {os.getpid()}: {holder}".encode()
+        os.ftruncate(self._owner, 0)
+        os.pwrite(self._owner, text, 0)
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # closing the fd drops the flock
+            self._owner = None
 
     def _insert_call(self, call_id: str, started_at: str, flow: str, meta: dict[str, Any]) -> None:
         with self._tx("open_call", lambda: f"open_call({call_id!r}): already in {self.path}") as c:
@@ -320,6 +409,8 @@ class SqliteStore(Store):
         return found[0][0], found[0][1], rows
 
     def mark_abandoned(self) -> list[str]:
+        if self._owner is None:
+            raise StoreError(f"{self.path}: mark_abandoned needs the log's ownership (claim it first)")
         ids = [r[0] for r in self._query("SELECT call_id FROM calls WHERE status = 'open' "
                                          "ORDER BY started_at, call_id") if r[0] not in self._next_seq]
         # last_seq and ended_t_ms come from what was flushed before the crash: load() then checks that
@@ -331,16 +422,18 @@ class SqliteStore(Store):
                           "WHERE call_id = ? AND status = 'open'", [(i,) for i in ids])
         return ids
 
-    def list_calls(self, since: str | None = None) -> list[CallRow]:
+    def _list_calls(self, since: str | None) -> list[CallRow]:
         where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())
         rows = self._query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
         return [_call_row(r) for r in rows]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
         try:
-            super().close()
+            super().close(timeout)
         finally:
-            self._db.close()
+            with self._lock:
+                self._db.close()
+            self._release()
 
 
 class MemoryStore(Store):
@@ -375,7 +468,12 @@ class MemoryStore(Store):
         rows = [row[1:] for _, row in sorted(self.events.get(call_id, {}).items())]
         return call["schema_version"], call["last_seq"], rows
 
+    def claim(self, holder: str) -> None:
+        self.holder = holder  # a MemoryStore lives in one process: nobody else can write it
+
     def mark_abandoned(self) -> list[str]:
+        if getattr(self, "holder", None) is None:
+            raise StoreError("mark_abandoned needs the log's ownership (claim it first)")
         ids = []
         for call_id, call in sorted(self.calls.items(), key=lambda kv: (kv[1]["started_at"], kv[0])):
             if call["status"] == "open" and call_id not in self._next_seq:
@@ -385,7 +483,7 @@ class MemoryStore(Store):
                 ids.append(call_id)
         return ids
 
-    def list_calls(self, since: str | None = None) -> list[CallRow]:
+    def _list_calls(self, since: str | None) -> list[CallRow]:
         calls = sorted(self.calls.values(), key=lambda c: (c["started_at"], c["call_id"]))
         return [_call_row(tuple(c[k] for k in _CALL_COLS.split(", ")))
                 for c in calls if since is None or c["started_at"] >= since]

@@ -5,7 +5,7 @@ Rules:
   `engine stats` (replay/stats.py). So a number shown in one view is the number in the others.
 - Turns and their latency parts are replay/turns.py's (latency is defined once, there).
 - Agent speech is what the phone played: audio queues behind audio already sent (the phone model of
-  engine/offline.py), a ClearPlayback cuts everything not played yet. So each Speak has a heard part and,
+  sim/offline.py), a ClearPlayback cuts everything not played yet. So each Speak has a heard part and,
   after a barge-in, a cut-off part.
 - Barge-ins and false interruptions are the machine's own transitions (``barge_in``, ``resume``),
   observed while re-running it, never guessed from effects.

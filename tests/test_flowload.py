@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.flowload import FlowError, check_flow, check_text, load_flow
+from callstate.flows import FlowError, check_flow, check_text, load_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = Path("tests/flows_broken")

@@ -132,6 +132,7 @@ def test_list_calls_reports_status_outcome_duration_and_turns(store: Store) -> N
 
 def test_mark_abandoned_leaves_calls_this_store_has_open(store: Store) -> None:
     write_call(store, "live", close=False)
+    store.claim("test")
     assert store.mark_abandoned() == []
     assert store.list_calls()[0].status == "open"
 
@@ -140,6 +141,7 @@ def restarted(store: Store) -> Store:
     """The store a new process opens on the same log after this one crashed (no close_call, no close())."""
     if isinstance(store, SqliteStore):
         store._db.close()
+        store._release()  # the kernel drops a dead process's flock
         return SqliteStore(store.path)
     assert isinstance(store, MemoryStore)
     new = MemoryStore()
@@ -151,11 +153,50 @@ def test_mark_abandoned_marks_calls_a_crashed_process_left_open(store: Store) ->
     write_call(store, "done")
     write_call(store, "cut", close=False)
     store = restarted(store)
+    with pytest.raises(StoreError, match="claim it first"):
+        store.mark_abandoned()
+    store.claim("test")
     assert store.mark_abandoned() == ["cut"]
     assert store.mark_abandoned() == []
     assert {c.call_id: (c.status, c.outcome, c.duration_ms) for c in store.list_calls()} == {
         "done": ("ended", "hangup", 40), "cut": ("abandoned", "abandoned", 40)}
     assert store.load("cut") == EVENTS  # what was flushed before the crash stays readable
+    store.close()
+
+
+def test_one_claim_per_log_and_the_refusal_names_the_holder(db_path: Path) -> None:
+    owner, other = SqliteStore(db_path), SqliteStore(db_path)
+    owner.claim("engine serve on 127.0.0.1:8080")
+    with pytest.raises(StoreError, match=r"in use by pid \d+: engine serve on 127.0.0.1:8080; one live writer"):
+        other.claim("engine serve on 127.0.0.1:8081")
+    owner.close()  # closing gives the log up
+    other.claim("engine serve on 127.0.0.1:8081")
+    other.close()
+
+
+def test_the_writer_thread_keeps_order_and_reads_see_queued_writes(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    store.start_writer("test")
+    write_call(store, "c1")
+    write_call(store, "c2", close=False)
+    assert store.load("c1") == EVENTS and store.load("c2") == EVENTS
+    assert [c.status for c in store.list_calls()] == ["ended", "open"]
+    store.close()
+    assert store.writer is not None and store.writer.stats.written_events == 2 * len(EVENTS)
+
+
+def test_a_locked_database_is_retried_not_dropped(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    store._db.conn.execute("PRAGMA busy_timeout = 10")
+    writer = store.start_writer("test", stall_log_s=0.0)
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    write_call(store, "c1")
+    assert not writer.drain(0.3) and writer.pending_events == len(EVENTS)
+    other.execute("COMMIT")
+    other.close()
+    assert writer.drain(10)
+    assert store.load("c1") == EVENTS and writer.stats.retries > 0 and writer.stats.lost_events == 0
     store.close()
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
+from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
 from engine.events import CallTool, ToolResult
-from engine.offline import OfflineCall, OfflineResult
-from engine.script import ScriptError, load_script
 from engine.store import SqliteStore, StoreError
+from sim.offline import OfflineCall, OfflineResult
+from sim.script import ScriptError, load_script
 
 HELP = "run a scripted call offline, log it to the DB, print transcript and latencies"
 
@@ -45,8 +46,10 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
             result = await runner.call(effect)
             return result, int((time.monotonic() - started) * 1000)
 
+        stt = stt_options(flow)
         call = OfflineCall(flow, script, call_id=call_id, tool_runner=timed,
-                           on_event=lambda e: store.append(call_id, e))
+                           on_event=lambda e: store.append(call_id, e),
+                           finalize_on_vad_stop=stt.finalize_on_vad_stop, stt_endpointing_ms=stt.own_endpointing_ms)
         result = await call.run()
         store.close_call(call_id, outcome=result.outcome, ended_t_ms=result.log[-1].t_ms,
                          turns=call.machine.turn_count)

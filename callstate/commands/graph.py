@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         diagrams.append(render_states(transitions, initial))
     if args.flow and args.only != "states":
-        from engine.flowload import FlowError, load_flow
+        from callstate.flows import FlowError, load_flow
 
         try:
             flow = load_flow(args.flow)

@@ -8,10 +8,12 @@ import logging
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
-from callstate.providers import build_providers, missing_keys
+from callstate.phoneauth import API_KEY_ENV
+from callstate.providers import KINDS, ChoiceError, build_providers, choose, missing_keys, names
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
@@ -28,21 +30,44 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-skip-signature", action="store_true",
                    help="accept requests without a valid X-Twilio-Signature (local work only)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
+    p.add_argument("--phone", action="store_true",
+                   help="serve the browser phone at GET /phone (off by default; meant for 127.0.0.1)")
+    add_provider_options(p)
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def add_provider_options(p: argparse.ArgumentParser) -> None:
+    for kind in KINDS:
+        p.add_argument(f"--{kind}", metavar="NAME",
+                       help=f"run {kind} with this provider instead of the flow's ({', '.join(names(kind))})")
+
+
+def choose_providers(args: argparse.Namespace, *, keyless: bool):  # type: ignore[no-untyped-def]
+    """The flow to run (FLOW plus --stt/--llm/--tts, and keyless stand-ins), printed; None after an error."""
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
         print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+        return None
+    try:
+        flow, lines = choose(flow, os.environ, {k: getattr(args, k, None) for k in KINDS}, keyless=keyless)
+    except ChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    print(f"flow {flow.name}: " + "; ".join(lines), flush=True)
+    return flow
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flow = choose_providers(args, keyless=getattr(args, "keyless", False))
+    if flow is None:
         return 1
     missing = missing_keys(flow, os.environ)
     if missing:
         print("error: the flow's providers need these environment variables, which are not set:", file=sys.stderr)
         for line in missing:
             print(f"  {line}", file=sys.stderr)
-        print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
+        print("(or run offline: --stt local-asr --llm local --tts local-tts, or `engine talk FLOW`)", file=sys.stderr)
         return 1
     try:
         return asyncio.run(_serve(args, flow))
@@ -57,26 +82,51 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     from engine.store import SqliteStore
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    phone = bool(getattr(args, "phone", False))
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
+    elif token is None and phone:
+        log.info("no TWILIO_AUTH_TOKEN: /media takes the browser phone's tokens only")
     elif token is None:
         log.warning("!!! TWILIO_AUTH_TOKEN is not set: Twilio request signatures are NOT checked.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
-    if rest is None:
+    if rest is None and not getattr(args, "keyless", False):
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
+    # Ownership first: one live writer per log. Only once this process owns the log AND the port may it end
+    # the calls a dead process left open (a second server that cannot bind must never touch the log).
     store = SqliteStore(args.db)
+    try:
+        store.claim(f"engine serve (starting, --port {args.port})")
+    except StoreError:
+        store.close()
+        raise
+    if phone and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("!!! --phone on %s: anyone who can reach this address can open /phone and place calls "
+                    "on this server's providers (and its keys). Bind 127.0.0.1 unless that is what you want.",
+                    args.host)
+    server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
+                    public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
+                    grace_s=args.grace_s, phone=phone, api_key=os.environ.get(API_KEY_ENV))
+    try:
+        runner, port = await start(server, args.host, args.port)
+    except OSError as exc:
+        await server.providers.aclose()
+        store.close()
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    store.claim(f"engine serve on http://{args.host}:{port} since "
+                f"{datetime.now(UTC).isoformat(timespec='seconds')}")
     abandoned = store.mark_abandoned()
     if abandoned:
         log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
                     ", ".join(abandoned[:10]))
-    server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
-                    public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
-    runner, port = await start(server, args.host, args.port)
     log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
              args.host, port)
+    if phone:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"browser phone: open http://{host}:{port}/phone", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,28 @@
+"""`engine talk FLOW`: talk to a flow with your own voice in the browser; no phone number, no account, no key.
+
+It is `engine serve --phone` on 127.0.0.1 with keyless stand-ins: each provider whose key is not set runs
+on the offline stack (local-asr, the flow's scripted replies, local-tts), printed at start; --stt/--llm/--tts
+choose otherwise. Every call is logged like any other (`engine calls`, `engine replay`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from callstate.commands import serve
+from callstate.logs import DEFAULT_DB
+
+HELP = "talk to a flow from the browser (http://127.0.0.1:PORT/phone); offline unless keys are set"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("flow", nargs="?", help="the agent's flow (YAML); default: the built-in flow")
+    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    serve.add_provider_options(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    args.host, args.phone, args.keyless = "127.0.0.1", True, True
+    args.public_url, args.insecure_skip_signature, args.grace_s = None, False, 5.0
+    return serve.run(args)
