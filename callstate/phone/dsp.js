@@ -57,17 +57,15 @@ class Resampler {
 }
 
 // ---------------------------------------------------------------------------------------------- mu-law
-// ITU G.711 mu-law (Sun's g711.c, as adapters/audio.py): 16-bit linear <-> 8-bit.
-const BIAS = 0x84, CLIP = 32635;
+// ITU G.711 mu-law as Sun's g711.c (and adapters/audio.py): the 16-bit sample shifted to 14 bits, biased,
+// its segment found, 4 mantissa bits kept, all bits inverted.
+const BIAS = 0x84, CLIP14 = 8159, SEG_END = [0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff, 0x1fff];
 function ulawEncode(sample) {
-  let s = Math.max(-32768, Math.min(32767, Math.round(sample)));
-  const sign = s < 0 ? 0x80 : 0;
-  if (s < 0) s = -s;
-  s = Math.min(s, CLIP) + BIAS;
-  let exp = 7;
-  for (let mask = 0x4000; (s & mask) === 0 && exp > 0; mask >>= 1) exp--;
-  const mant = (s >> (exp + 3)) & 0x0f;
-  return ~(sign | (exp << 4) | mant) & 0xff;
+  let v = Math.max(-32768, Math.min(32767, Math.round(sample))) >> 2, mask = 0xff;
+  if (v < 0) { v = -v; mask = 0x7f; }
+  v = Math.min(v, CLIP14) + (BIAS >> 2);
+  for (let seg = 0; seg < 8; seg++) if (v <= SEG_END[seg]) return ((seg << 4) | ((v >> (seg + 1)) & 0x0f)) ^ mask;
+  return 0x7f ^ mask;
 }
 function ulawDecode(u) {
   u = ~u & 0xff;
@@ -100,7 +98,12 @@ class PlaybackQueue {
     this.prebuffer = prebuffer; this.items = []; this.queued = 0; this.playing = false;
     this.played = 0;
   }
-  pushAudio(samples, tag) { if (samples.length) { this.items.push({ audio: samples, at: 0, tag }); this.queued += samples.length; } }
+  // `tag` comes back in render()'s `started` with `ahead`: the samples queued before this audio when it came,
+  // which it had to wait for anyway (so arrival-to-start minus `ahead` is the latency this queue added).
+  pushAudio(samples, tag) {
+    if (!samples.length) return;
+    this.items.push({ audio: samples, at: 0, tag, ahead: this.queued }); this.queued += samples.length;
+  }
   pushMark(name) { this.items.push({ mark: name }); }
   // Marks with no audio ahead of them are due now (echoed at once, as Twilio does on an empty queue).
   _dueMarks(out) {
@@ -118,7 +121,7 @@ class PlaybackQueue {
     while (this.playing && i < dest.length && this.items.length) {
       const it = this.items[0];
       if (it.mark !== undefined) { out.marks.push(it.mark); this.items.shift(); continue; }
-      if (it.at === 0 && it.tag !== undefined) out.started.push(it.tag);
+      if (it.at === 0 && it.tag !== undefined) out.started.push({ tag: it.tag, ahead: it.ahead, offset: i });
       const n = Math.min(dest.length - i, it.audio.length - it.at);
       dest.set(it.audio.subarray(it.at, it.at + n), i);
       it.at += n; i += n; this.queued -= n; this.played += n;

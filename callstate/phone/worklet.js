@@ -3,7 +3,8 @@
 // messages; times are the audio clock (`currentTime`, seconds), which the page maps to performance.now().
 "use strict";
 
-// Microphone -> 8 kHz mu-law 20 ms frames. Each frame carries the audio time of its last sample's arrival.
+// Microphone -> 8 kHz mu-law 20 ms frames. Each frame carries the audio clock of the render quantum that
+// completed it: the moment this thread could first act on its last sample.
 class CaptureProcessor extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -17,8 +18,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
     if (input) {
       const x = this.muted ? new Float32Array(input.length) : input;
       const frames = this.framer.push(this.resampler.feed(x));
-      const end = currentTime + input.length / sampleRate;  // the quantum's last sample has arrived by now
-      for (const f of frames) this.port.postMessage({ type: "frame", frame: f, audioTime: end }, [f.buffer]);
+      for (const f of frames) this.port.postMessage({ type: "frame", frame: f, audioTime: currentTime }, [f.buffer]);
     }
     return true;
   }
@@ -46,7 +46,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     const { marks, started } = this.q.render(out);
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     if (marks.length || started.length) {
-      this.port.postMessage({ type: "played", marks, started, audioTime: currentTime, queuedMs: this.q.queued / sampleRate * 1000 });
+      // Audio started at sample `offset` of this quantum, which plays from currentTime on.
+      const startedAt = started.map((s) => ({ tag: s.tag, aheadMs: s.ahead / sampleRate * 1000,
+        audioTime: currentTime + s.offset / sampleRate }));
+      this.port.postMessage({ type: "played", marks, started: startedAt, audioTime: currentTime });
     }
     return true;
   }
