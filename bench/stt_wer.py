@@ -10,7 +10,8 @@ Fixture sets (both mu-law 8 kHz, as a phone line carries them):
 
 Variants compared:
 - ``live``: adapters/asr.py exactly as a call runs it: 20 ms frames, VAD-cut utterances, streaming decode
-  (CMN estimated as the audio arrives), finals joined.
+  (cepstral mean from the phone-path prior, then estimated as the audio arrives), finals joined.
+- ``live-model-cmn``: the same, starting from the model's own wide-band cepstral mean instead.
 - ``batch``: the same decoder given each whole fixture at once (``full_utt=True``: CMN over the whole
   utterance), the upper bound of the model on this audio without the live path.
 Prints WER per set and variant, the real-time factor, and the load average.
@@ -18,6 +19,7 @@ Prints WER per set and variant, the real-time factor, and the load average.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.asr import _ALT, _UP, DecoderPool, LocalAsr, transcribe
+from adapters.asr import _ALT, _UP, MODEL_CMN, PHONE_CMN, DecoderPool, LocalAsr, transcribe
 from adapters.audio import DECODE, load_fixture
 from adapters.vad import Vad
 
@@ -63,6 +65,7 @@ def fixtures() -> dict[str, dict[str, tuple[bytes, str]]]:
 
 def batch(pool: DecoderPool, mulaw: bytes) -> str:
     d = pool.acquire()
+    d.set_cmn(PHONE_CMN)
     pcm = array("h", [max(-32768, min(32767, round(v))) for v in _UP([float(DECODE[b]) for b in mulaw])])
     d.start_utt()
     d.process_raw(pcm.tobytes(), full_utt=True)
@@ -80,23 +83,23 @@ def wer(pairs: list[tuple[str, str]]) -> tuple[float, int]:
 def main() -> None:
     pool = DecoderPool()
     pool.release(pool.acquire())  # the model load is not part of any figure
-    asr = LocalAsr(vad=Vad, pool=pool)
+    asrs = {"live": LocalAsr(vad=Vad, pool=pool), "live-model-cmn": LocalAsr(vad=Vad, pool=pool, cmn=MODEL_CMN)}
     verbose = "-v" in sys.argv
     print(f"load average {os.getloadavg()[0]:.2f}")
-    print(f"{'set':8} {'variant':7} {'words':>5} {'WER':>6} {'RTF':>5}")
+    print(f"{'set':8} {'variant':15} {'words':>5} {'WER':>6} {'RTF':>5}")
     for set_name, items in fixtures().items():
         audio_s = sum(len(a) for a, _ in items.values()) / 8000
-        for variant in ("live", "batch"):
+        for variant in ("live", "live-model-cmn", "batch"):
             t0 = time.perf_counter()
             pairs = []
             for name, (audio, ref) in items.items():
-                hyp = " ".join(transcribe(asr, audio)) if variant == "live" else batch(pool, audio)
+                hyp = batch(pool, audio) if variant == "batch" else " ".join(asyncio.run(transcribe(asrs[variant], audio)))
                 pairs.append((ref, hyp))
                 if verbose:
                     print(f"  {name}: {hyp!r}")
             rtf = (time.perf_counter() - t0) / audio_s
             w, n = wer(pairs)
-            print(f"{set_name:8} {variant:7} {n:5d} {w:6.1%} {rtf:5.2f}")
+            print(f"{set_name:8} {variant:15} {n:5d} {w:6.1%} {rtf:5.2f}")
 
 
 if __name__ == "__main__":
