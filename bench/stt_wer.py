@@ -93,7 +93,10 @@ def main() -> None:
             t0 = time.perf_counter()
             pairs = []
             for name, (audio, ref) in items.items():
-                hyp = batch(pool, audio) if variant == "batch" else " ".join(asyncio.run(transcribe(asrs[variant], audio)))
+                if variant == "batch":
+                    hyp = batch(pool, audio)
+                else:
+                    hyp = " ".join(asyncio.run(transcribe(asrs[variant], audio)))
                 pairs.append((ref, hyp))
                 if verbose:
                     print(f"  {name}: {hyp!r}")

@@ -49,6 +49,7 @@ class Browser:
         self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.console: list[str] = []
         self.reader: asyncio.Task[None] | None = None
+        self.drainer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Browser:
         flags = [*FLAGS, f"--user-data-dir={self.profile}"]
@@ -79,7 +80,7 @@ class Browser:
             m = re.search(rb"DevTools listening on (ws://\S+)", line)
             if m:
                 # drain the rest of stderr so the pipe never fills and blocks the browser
-                asyncio.create_task(self._drain(self.proc.stderr))
+                self.drainer = asyncio.create_task(self._drain(self.proc.stderr))
                 return m.group(1).decode()
 
     @staticmethod

@@ -156,9 +156,8 @@ async def test_media_takes_a_phone_token_or_nothing(tmp_path: Path) -> None:
 
 
 async def test_phone_page_is_off_unless_asked_for(tmp_path: Path) -> None:
-    async with Live(tmp_path, skip_signature=True) as live:
-        async with live.http.get(f"{live.base}/phone") as resp:
-            assert resp.status == 404
+    async with Live(tmp_path, skip_signature=True) as live, live.http.get(f"{live.base}/phone") as resp:
+        assert resp.status == 404
 
 
 async def test_twilio_signature_still_opens_media_with_the_phone_on(tmp_path: Path) -> None:

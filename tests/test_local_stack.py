@@ -64,11 +64,12 @@ async def test_local_asr_streams_interims_then_a_timed_final_at_the_vad_stop() -
     asr = LocalAsr(vad=Vad, pool=POOL, interim_ms=200)
     session = asr.session()
     got: list[tuple[int, ev.Input]] = []
-    frame_no = 0
-    await session.start(lambda e: got.append((frame_no, e)))
+    at = [0]  # frames fed so far, when each event came
+    await session.start(lambda e: got.append((at[0], e)))
     audio = b"\xff" * 8000 + (ASR / "librivox_0930.ulaw").read_bytes() + b"\xff" * 8000
-    for frame_no, i in enumerate(range(0, len(audio), FRAME_BYTES)):
+    for i in range(0, len(audio), FRAME_BYTES):
         await session.send_audio(audio[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
+        at[0] += 1
     await session.close()
     transcripts = [(n, e) for n, e in got if isinstance(e, ev.Transcript)]
     interims = [(n, e) for n, e in transcripts if not e.is_final]
