@@ -69,6 +69,9 @@ class Browser:
         self.session_id = attached["sessionId"]
         await self.send("Runtime.enable")
         await self.send("Page.enable")
+        # CSS pixels = screenshot pixels, whatever the window decorations: boxes map straight onto the PNG.
+        await self.send("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 800, "deviceScaleFactor": 1,
+                                                               "mobile": False})
         return self
 
     async def _devtools_url(self) -> str:
@@ -162,3 +165,121 @@ class Browser:
                 await self.proc.wait()
         with contextlib.suppress(OSError):
             shutil.rmtree(self.profile)
+
+
+# ---------------------------------------------------------------------------------------------- screenshots
+
+
+def read_png(data: bytes) -> tuple[int, int, list[bytes]]:
+    """(width, height, rows of RGB bytes) of an 8-bit RGB/RGBA non-interlaced PNG (what Chromium writes)."""
+    import struct
+    import zlib
+
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, width = 8, b"", 0
+    height = color = 0
+    while pos < len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + size]
+        if kind == b"IHDR":
+            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            if depth != 8 or color not in (2, 6) or interlace:
+                raise ValueError(f"unsupported PNG: depth {depth}, color type {color}, interlace {interlace}")
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + size
+    bpp = 3 if color == 2 else 4
+    raw, stride = zlib.decompress(idat), width * bpp
+    rows: list[bytes] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):  # the five PNG filters (RFC 2083 section 6)
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif f == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        prev = line
+        rows.append(bytes(v for i, v in enumerate(line) if bpp == 3 or i % 4 != 3))
+    return width, height, rows
+
+
+def colors_in(rows: list[bytes], box: dict[str, float]) -> set[tuple[int, int, int]]:
+    """Every RGB color inside a CSS-pixel box (device scale 1) of a screenshot."""
+    out = set()
+    for y in range(int(box["top"]), min(len(rows), int(box["bottom"]))):
+        row = rows[y]
+        for x in range(int(box["left"]), min(len(row) // 3, int(box["right"]))):
+            out.add((row[3 * x], row[3 * x + 1], row[3 * x + 2]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- one call
+
+
+MIC_WAV = Path(__file__).resolve().parent / "data" / "phone_caller.wav"
+PHONE_FLOW = Path(__file__).resolve().parent / "data" / "phone_flow.yaml"
+
+
+async def browser_call(db: Path, shot: Path, *, mic_wav: Path = MIC_WAV) -> dict[str, Any]:
+    """A whole call through /phone: Chromium's fake microphone plays `mic_wav`; the call ends after the
+    agent's second answer (a DTMF key is pressed first). Returns what the tests and the bench read."""
+    from callstate.flows import resolve_flow
+    from callstate.providers import build_providers
+    from callstate.server import Server, start
+    from engine.store import SqliteStore
+
+    flow = resolve_flow(str(PHONE_FLOW))
+    store = SqliteStore(db)
+    server = Server(flow, build_providers(flow, {}), store, phone=True)
+    runner, port = await start(server)
+    try:
+        async with Browser(mic_wav=mic_wav) as b:
+            await b.goto(f"http://127.0.0.1:{port}/phone")
+            await b.eval("phone.start()", gesture=True)
+            # The agent's second answer: after the caller cut in over the first (the WAV's timing).
+            await b.wait_for("phone.view.bargeIns > 0 && phone.view.items.filter(i => i.kind === 'agent')"
+                             ".some(i => i.text.startsWith('Understood') && i.playedMs > 0)", timeout=60)
+            await b.eval("document.querySelector('#keypad button:nth-child(5)').click()", gesture=True)
+            await b.wait_for("phone.view.items.length && phone.view.lastSeq > 0 && "
+                             "phone.view.items.some(i => i.kind === 'caller')")
+            dom = await b.eval("""(() => {
+                const box = (el) => { const r = el.getBoundingClientRect();
+                  return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; };
+                const all = (sel) => [...document.querySelectorAll(sel)];
+                return {
+                  rows: all('#log .row').map(r => [r.className.replace('row ', ''), r.textContent]),
+                  cut: all('#log .cut').map(box), bargeIn: all('#log .row.barge-in .txt').map(box),
+                  caller: all('#log .row.caller .txt').map(box), state: document.querySelector('#state').textContent,
+                  stateBox: box(document.querySelector('#state')),
+                  turns: all('#turns .turn').map(t => t.textContent),
+                };
+              })()""")
+            await b.screenshot(shot)
+            stats = await b.eval("JSON.parse(JSON.stringify(phone.stats))")
+            view_turns = await b.eval("phone.view.turns")
+            await b.eval("phone.hangup()")
+            await b.wait_for("phone.over && !$('end').hidden", timeout=20)
+            timeline = await b.eval("$('timeline').href")
+            console = list(b.console)
+        while server.calls:  # the call's task flushes and closes its log
+            await asyncio.sleep(0.05)
+        call_id = next(r.call_id for r in store.list_calls())
+        async with aiohttp.ClientSession() as http, http.get(timeline) as resp:  # the page's link, as clicked
+            timeline_page = (resp.status, await resp.text())
+        return {"timeline_page": timeline_page, "dom": dom, "stats": stats, "view_turns": view_turns, "timeline": timeline, "console": console,
+                "call_id": call_id, "records": store.load_records(call_id), "flow": flow,
+                "row": next(r for r in store.list_calls() if r.call_id == call_id), "port": port}
+    finally:
+        await server.shutdown()
+        await runner.cleanup()
+        store.close()
