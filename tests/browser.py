@@ -276,7 +276,8 @@ async def browser_call(db: Path, shot: Path, *, mic_wav: Path = MIC_WAV) -> dict
         call_id = next(r.call_id for r in store.list_calls())
         async with aiohttp.ClientSession() as http, http.get(timeline) as resp:  # the page's link, as clicked
             timeline_page = (resp.status, await resp.text())
-        return {"timeline_page": timeline_page, "dom": dom, "stats": stats, "view_turns": view_turns, "timeline": timeline, "console": console,
+        return {"timeline_page": timeline_page,
+                "dom": dom, "stats": stats, "view_turns": view_turns, "timeline": timeline, "console": console,
                 "call_id": call_id, "records": store.load_records(call_id), "flow": flow,
                 "row": next(r for r in store.list_calls() if r.call_id == call_id), "port": port}
     finally:
