@@ -403,8 +403,12 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
                     "bad" if signature else "missing", request.method, request.path, url)
         return False
 
+    phone_only = media_token is not None and validator is None and not skip_signature
+
     async def twiml(request: web.Request) -> web.Response:
         form = await request.post()
+        if phone_only:  # no auth token to check Twilio with: the browser phone's socket is all there is
+            return web.Response(status=403, text="no Twilio auth token configured")
         if not signed(request, form, ws=False):
             return web.Response(status=403, text="bad signature")
         # Stream URLs take no query string (reference 1.1): extras ride as <Parameter>s, e.g. ?script=...
@@ -422,7 +426,7 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         # Before the upgrade: a plain HTTP 403.
         if media_token is not None and media_token(request):
             pass
-        elif media_token is not None and validator is None and not skip_signature:
+        elif phone_only:
             log.warning("twilio: /media without a valid phone token, and no auth token to check a signature")
             return web.Response(status=403, text="a valid phone token or Twilio signature is required")
         elif not signed(request, {}, ws=True):

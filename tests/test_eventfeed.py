@@ -146,6 +146,8 @@ async def test_media_takes_a_phone_token_or_nothing(tmp_path: Path) -> None:
         token = page.split('name="phone-token" content="', 1)[1].split('"', 1)[0]
         assert live.server.access.tokens is not None and live.server.access.tokens.valid(token)
         assert "https://" not in page and "http://" not in page  # nothing fetched from anywhere
+        async with live.http.post(f"{live.base}/twiml", data={"CallSid": "CA1"}) as resp:
+            assert resp.status == 403  # no auth token to check Twilio with: the phone's socket is all there is
         for query in ("", "?token=", "?token=1.2.3", f"?token={token}x"):
             async with live.http.get(f"{live.base}/media{query}") as resp:
                 assert resp.status == 403, query

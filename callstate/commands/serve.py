@@ -37,7 +37,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_provider_options(p)
 
 
-<<<<<<< HEAD
 def add_provider_options(p: argparse.ArgumentParser) -> None:
     for kind in KINDS:
         p.add_argument(f"--{kind}", metavar="NAME",
@@ -46,9 +45,6 @@ def add_provider_options(p: argparse.ArgumentParser) -> None:
 
 def choose_providers(args: argparse.Namespace, *, keyless: bool):  # type: ignore[no-untyped-def]
     """The flow to run (FLOW plus --stt/--llm/--tts, and keyless stand-ins), printed; None after an error."""
-=======
-def run(args: argparse.Namespace) -> int:
->>>>>>> main
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
@@ -64,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flow = choose_providers(args, keyless=getattr(args, "keyless", False))
     if flow is None:
         return 1
@@ -75,11 +70,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print("(or run offline: --stt local-asr --llm local --tts local-tts, or `engine talk FLOW`)", file=sys.stderr)
         return 1
-    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+    phone = bool(getattr(args, "phone", False))
+    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature and not phone:
         # Safe by default: without the token anyone who finds the port could place calls and stream audio.
         print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
               "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
-              "work (`engine demo` needs neither)", file=sys.stderr)
+              "work (`engine demo` and `engine talk` need neither)", file=sys.stderr)
         return 1
     try:
         return asyncio.run(_serve(args, flow))
@@ -97,13 +93,12 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     phone = bool(getattr(args, "phone", False))
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
-<<<<<<< HEAD
     elif token is None and phone:
-        log.info("no TWILIO_AUTH_TOKEN: /media takes the browser phone's tokens only")
-    elif token is None:
-        log.warning("!!! TWILIO_AUTH_TOKEN is not set: Twilio request signatures are NOT checked.")
-=======
->>>>>>> main
+        log.info("no TWILIO_AUTH_TOKEN: /media takes the browser phone's tokens only, and /twiml nothing")
+    if phone and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("!!! --phone on %s: anyone who can reach this address can open /phone and place calls "
+                    "on this server's providers (and its keys). Bind 127.0.0.1 unless that is what you want.",
+                    args.host)
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
     if rest is None and not getattr(args, "keyless", False):
@@ -117,10 +112,6 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     except StoreError:
         store.close()
         raise
-    if phone and args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("!!! --phone on %s: anyone who can reach this address can open /phone and place calls "
-                    "on this server's providers (and its keys). Bind 127.0.0.1 unless that is what you want.",
-                    args.host)
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, phone=phone, api_key=os.environ.get(API_KEY_ENV))

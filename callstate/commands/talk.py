@@ -12,6 +12,7 @@ import argparse
 from callstate.commands import serve
 from callstate.logs import DEFAULT_DB
 
+LOG_LEVEL = "info"  # like serve: one line per call started and ended
 HELP = "talk to a flow from the browser (http://127.0.0.1:PORT/phone); offline unless keys are set"
 
 
