@@ -11,6 +11,9 @@ Rules:
 - Decoding runs in a worker thread, never on the event loop; a session's decoder is used by one thread at
   a time (the runtime's STT pump awaits each call in turn). Loading the model takes ~0.4 s, so decoders are
   pooled across calls.
+- PocketSphinx writes no punctuation. A final closed by the caller's silence ends with a full stop, as
+  Deepgram's punctuated finals do, so the machine's endpointing treats it as a finished sentence; a final
+  ending on a trailing word ("and", "um") still waits, by the machine's own rule (``punctuate=False``: none).
 - Keyterms: PocketSphinx's n-gram search takes no runtime boost, so a keyterm's words are checked against
   its dictionary; words it cannot spell are named once in the log (they can never be recognised).
 - Imports engine.events only from the engine (the adapter rule).
@@ -35,6 +38,7 @@ log = logging.getLogger("callstate.asr")
 Emit = Callable[[ev.Input], None]
 MODEL_RATE = 16000
 _UP = Resampler(8000, MODEL_RATE)
+DECODE_EVERY = MODEL_RATE // 10  # samples: 100 ms a batch (one thread hop, not five)
 #: The cepstral mean of speech through the phone path (8 kHz mu-law, up-sampled), the decoder's starting
 #: point for each call: the model's own (40,3,-1,0,...) is a wide-band microphone's, and with it the first
 #: words of a call are lost while the live estimate catches up. The mean of two recordings that are NOT in
@@ -86,8 +90,10 @@ class LocalAsr:
     """The ``Stt`` port (engine/ports.py) over PocketSphinx."""
 
     def __init__(self, *, vad: Callable[[], _Vad], keyterms: Iterable[str] = (), interim_ms: int = 300,
-                 preroll_ms: int = 200, pool: DecoderPool | None = None, cmn: str = PHONE_CMN) -> None:
+                 preroll_ms: int = 200, pool: DecoderPool | None = None, cmn: str = PHONE_CMN,
+                 punctuate: bool = True) -> None:
         self.vad, self.interim_ms, self.preroll_ms, self.cmn = vad, interim_ms, preroll_ms, cmn
+        self.punctuate = punctuate
         self.keyterms = tuple(keyterms)
         self.pool = pool or DecoderPool()
         self._checked = False
@@ -154,6 +160,9 @@ class LocalAsrSession:
             if text and text != self.last_interim:
                 self.last_interim = text
                 self._emit(ev.Transcript(t_ms=0, text=text, is_final=False))
+        elif len(self.pending) >= DECODE_EVERY:
+            # Decode as the audio comes, so a final has only the last few frames left to do.
+            await asyncio.to_thread(self.decoder.process_raw, self._pcm())
 
     def _pcm(self) -> bytes:
         from array import array
@@ -178,7 +187,8 @@ class LocalAsrSession:
         self.in_utt = False
         words = await asyncio.to_thread(self._end)
         if words:
-            self._emit(ev.Transcript(t_ms=0, text=" ".join(w for w, _, _ in words), is_final=True,
+            text = " ".join(w for w, _, _ in words) + ("." if self.cfg.punctuate else "")
+            self._emit(ev.Transcript(t_ms=0, text=text, is_final=True,
                                      speech_final=True, start_ms=words[0][1], end_ms=words[-1][2]))
 
     async def speech_stopped(self) -> None:

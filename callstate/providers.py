@@ -73,6 +73,9 @@ class LocalAsrOptions(SttOptions):
     keyterms: list[str] = []
     #: How often an interim transcript may come while the caller speaks (Deepgram's come about every 300 ms).
     interim_ms: int = Field(300, ge=60)
+    #: End a final with a full stop (PocketSphinx writes none): the endpoint then waits on_punctuation_ms,
+    #: as after Deepgram's punctuated finals, unless the last word trails off ("and", "um").
+    punctuate: bool = True
 
 
 # ------------------------------------------------------------------------------------------------ LLM
@@ -156,7 +159,7 @@ def _local_asr(o: LocalAsrOptions, flow: Flow, env: Mapping[str, str]) -> Any:
     from adapters.asr import LocalAsr
     from adapters.vad import Vad
 
-    return LocalAsr(vad=Vad, keyterms=o.keyterms, interim_ms=o.interim_ms)
+    return LocalAsr(vad=Vad, keyterms=o.keyterms, interim_ms=o.interim_ms, punctuate=o.punctuate)
 
 
 def _groq(o: GroqOptions, flow: Flow, env: Mapping[str, str]) -> Any:
