@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "validate": "validate",
     "schema": "schema",
     "graph": "graph",
+    "db": "db",
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -21,13 +22,17 @@ from collections.abc import Callable
 from aiohttp import web
 
 API_KEY_ENV = "CALLSTATE_API_KEY"
+#: Set by `engine serve --workers N --phone` for its workers (hex), so a token one worker minted opens /media
+#: on another; unset, each process draws its own.
+SECRET_ENV = "CALLSTATE_PHONE_SECRET"
 
 
 class PhoneTokens:
     def __init__(self, *, ttl_s: int = 600, clock: Callable[[], float] = time.time,
                  secret: bytes | None = None) -> None:
         self.ttl_s, self.clock = ttl_s, clock
-        self._secret = secret or secrets.token_bytes(32)
+        shared = os.environ.get(SECRET_ENV)
+        self._secret = secret or (bytes.fromhex(shared) if shared else secrets.token_bytes(32))
 
     def __repr__(self) -> str:  # never the secret
         return f"PhoneTokens(ttl_s={self.ttl_s})"

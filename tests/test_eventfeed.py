@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from adapters.audio import load_fixture
 from callstate.flows import resolve_flow
@@ -175,24 +174,27 @@ async def test_twilio_signature_still_opens_media_with_the_phone_on(tmp_path: Pa
             assert resp.status == 403
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0"])
-def test_phone_beyond_loopback_warns(host: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import argparse
+def test_phone_beyond_loopback_warns(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
 
-    from callstate.commands import serve
-
-    args = argparse.Namespace(flow=str(Path(__file__).parent / "data" / "local_call.yaml"), host=host, port=0,
-                              db=str(tmp_path / "c.db"), public_url=None, insecure_skip_signature=False,
-                              grace_s=1.0, phone=True, stt=None, llm=None, tts=None)
-
-    async def run_briefly() -> int:
-        task = asyncio.create_task(serve._serve(args, FLOW))
-        await asyncio.sleep(0.5)
-        import os
-        import signal
-        os.kill(os.getpid(), signal.SIGTERM)
-        return await task
-
-    with caplog.at_level("WARNING"):
-        assert asyncio.run(run_briefly()) == 0
-    assert any("--phone on 0.0.0.0" in r.getMessage() for r in caplog.records)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "CALLSTATE_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "callstate.cli", "serve", "--phone", "--host", "0.0.0.0",
+                             "--port", "0", "--flow", str(Path(__file__).parent / "data" / "local_call.yaml"),
+                             "--db", str(tmp_path / "c.db")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:  # until the server is up: it prints the page's URL last
+            seen.append(line)
+            if line.startswith("browser phone: open "):
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    text = "".join(seen)
+    assert "!!! --phone on 0.0.0.0" in text, text
+    assert "browser phone: open http://127.0.0.1:" in text
