@@ -10,6 +10,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 
+from callstate import eventloop
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
 from callstate.phoneauth import API_KEY_ENV, SECRET_ENV
@@ -106,11 +107,13 @@ def run(args: argparse.Namespace) -> int:
         print("(or run offline: --stt local-asr --llm local --tts local-tts, or `engine talk FLOW`)", file=sys.stderr)
         return 1
     phone = bool(getattr(args, "phone", False))
-    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature and not phone:
+    signing = os.environ.get("TWILIO_AUTH_TOKEN") or os.environ.get("TWILIO_WEBHOOK_SHARED_KEY")
+    if not signing and not args.insecure_skip_signature and not phone:
         # Safe by default: without the token anyone who finds the port could place calls and stream audio.
         print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
-              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
-              "work (`engine demo` and `engine talk` need neither)", file=sys.stderr)
+              "(Twilio console: Account > API keys & tokens; or TWILIO_WEBHOOK_SHARED_KEY for Webhook Rules), "
+              "or pass --insecure-skip-signature for local work (`engine demo` and `engine talk` need neither)",
+              file=sys.stderr)
         return 1
     if workers > 1 and not args.worker_dir:
         from callstate.supervisor import supervise
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
         return supervise(args, workers)
     try:
-        return asyncio.run(_serve(args, flow))
+        return eventloop.run(_serve(args, flow))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -139,7 +142,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     phone = bool(getattr(args, "phone", False))
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
-    elif token is None and phone:
+    elif token is None and shared_key is None and phone:
         log.info("no TWILIO_AUTH_TOKEN: /media takes the browser phone's tokens only, and /twiml nothing")
     if phone and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("!!! --phone on %s: anyone who can reach this address can open /phone and place calls "
@@ -180,8 +183,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     # has lapsed (they died), never at start, never a live server's (issue 14 replaces mark-at-start).
     keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
     keeper.start()
-    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
-             flow.name, args.host, port)
+    eventloop.settle_gc()
+    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media; %s loop)",
+             owner, flow.name, args.host, port, eventloop.loop_name())
     if phone and not args.worker_dir:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         print(f"browser phone: open http://{host}:{port}/phone", flush=True)
