@@ -150,7 +150,8 @@ class LocalTtsOptions(TtsOptions):
 class EspeakTtsOptions(TtsOptions):
     """Real offline speech: espeak-ng from the espeakng-loader wheel (adapters/espeak.py)."""
 
-    voice: str = "en-us"  # an espeak-ng voice name (espeak-ng --voices)
+    #: An espeak-ng voice name, e.g. en-us, en-gb, de (the espeak-ng-data in the espeakng-loader wheel).
+    voice: str = "en-us"
     #: Conversational English is 150-180 words a minute; 170 is a brisk agent.
     words_per_minute: int = Field(170, ge=80, le=450)
 
