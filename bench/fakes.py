@@ -16,7 +16,7 @@ listen and speak, the groq SDK) unchanged; only DEEPGRAM_BASE_URL / GROQ_BASE_UR
       own endpointing does.
   An interim with the first words goes out 300 ms into each utterance, a SpeechStarted at its onset
   (``vad_events``), and nothing for silence. Speak: after ``ttfb_ms`` from Flush, ``ms_per_char`` of tone a
-  character, in ``chunk_bytes`` binary frames, then Flushed.
+  character, in ``chunk_bytes`` binary frames, then Flushed; many lines a socket, Clear answered Cleared.
 - ``GroqFake`` streams SSE chat completions: the first content chunk, ``ttft_ms`` after the request
   arrived, is a whole first clause naming the caller's stream and line (``Okay caller 7 line 3 is on its
   way.``), then ``rest`` word by word, ``token_ms`` apart (``whole_first=False``: the first clause word by
@@ -241,13 +241,16 @@ class DeepgramFake(FakeServer):
         return ws
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
+        """Many lines a socket, as Aura takes them (deepgram-sdk speak/v1/socket_client.py: Speak, Flush,
+        Clear, Close): each Flush is one SpeakReq (the text since the last one), spoken in order; Clear drops
+        the line playing and answers Cleared. No project limits here (streams, Flushes a minute): the bench
+        measures the engine, so its engine runs with DEEPGRAM_TTS_MAX_STREAMS high (bench/harness.py)."""
         if request.headers.get("Authorization") != f"Token {API_KEY}":
             return web.json_response({"err_code": "INVALID_AUTH"}, status=401)
         loop = asyncio.get_running_loop()
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        req = SpeakReq(text="", tag=None, connected=loop.time())
-        self.speaks.append(req)
+        connected, pending = loop.time(), ""
         await ws.send_json({"type": "Metadata", "request_id": "bench-speak", "model_name": "aura-2",
                             "model_version": "2025-01-01.0", "model_uuid": "0b4a8e9a-0000-4000-8000-000000000000"})
         speaker: asyncio.Task[None] | None = None
@@ -256,13 +259,22 @@ class DeepgramFake(FakeServer):
                 if msg.type != WSMsgType.TEXT:
                     continue
                 data = json.loads(msg.data)
-                if data.get("type") == "Speak":
-                    req.text += data.get("text", "")
-                    req.tag = tag_of(req.text)
-                elif data.get("type") == "Flush":
-                    req.flush = loop.time()
+                kind = data.get("type")
+                if kind == "Speak":
+                    pending += data.get("text", "")
+                elif kind == "Flush":
+                    req = SpeakReq(text=pending, tag=tag_of(pending), connected=connected, flush=loop.time())
+                    self.speaks.append(req)
+                    pending = ""
+                    if speaker is not None:
+                        await asyncio.wait({speaker})
                     speaker = asyncio.create_task(self._say(ws, req))
-                elif data.get("type") == "Close":
+                elif kind == "Clear":
+                    if speaker is not None:
+                        speaker.cancel()
+                    pending = ""
+                    await ws.send_json({"type": "Cleared", "sequence_id": 0})
+                elif kind == "Close":
                     break
         finally:
             if speaker is not None and not speaker.done():
