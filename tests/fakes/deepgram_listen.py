@@ -20,6 +20,15 @@ no transcript. A Finalize with audio but no words to flush gets an empty ``from_
 Both modes: ``CloseStream`` flushes, sends Metadata and closes. Faults: drop the socket once (after N s of
 audio, or after the nth transcribed utterance), slow start, refuse reconnects.
 
+Message shapes follow deepgram-sdk's ``listen/v1/types`` (ListenV1Results, ListenV1SpeechStarted,
+ListenV1UtteranceEnd, ListenV1Metadata: the ``type`` discriminator, ``channel.alternatives[].words``,
+``metadata.model_info``), control messages its ``listen/v1/socket_client.py`` (send_finalize,
+send_keep_alive, send_close_stream), the query what ``listen/v1/client.py`` connect() sends. What the
+results say and when (interims per word, ``speech_final`` after ``endpointing`` ms of silence, UtteranceEnd
+after ``utterance_end_ms``) follows Deepgram's endpointing and utterance-end docs; the timings themselves are
+the fake's (a model). Not imposed: the 10 s NET-0001 close without audio or KeepAlive (docs/keep-alive),
+the per-project stream cap (50 for Nova streaming, docs' api-rate-limits).
+
 Limits and what they follow (developers.deepgram.com):
 - Audio is taken at most ``max_rate`` (1.25) x real time per connection ("Recovering From Connection Errors
   & Timeouts When Live Streaming Audio"). Past ``burst_s`` ahead of that the fake takes each frame only when
