@@ -25,9 +25,9 @@ from engine.events import (
     Message,
     Speak,
     StartLlm,
-    ToolSpec,
     Transcript,
 )
+from tests.test_groq import LOOKUP  # the tool the fake-based tests call
 
 pytestmark = pytest.mark.live
 
@@ -90,9 +90,6 @@ async def test_aura_speaks_mulaw_8k_line_after_line_over_one_socket() -> None:
 # ---------------------------------------------------------------------------------------------- Groq
 
 
-LOOKUP = ToolSpec(name="lookup_booking", description="Find a booking by its 6-character reference code.",
-                  parameters=json.dumps({"type": "object", "properties": {"ref": {"type": "string"}},
-                                         "required": ["ref"]}))
 
 
 async def _stream(effect: StartLlm) -> list[Input]:
