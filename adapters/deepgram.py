@@ -44,7 +44,7 @@ def _no_deflate() -> None:
     module's connect gets ``compression=None`` and the handshake offers no extension. The SDK has no option."""
     for name in _SOCKET_MODULES:
         module = importlib.import_module(name)
-        connect = getattr(module, "websockets_client_connect", None)
+        connect: Any = getattr(module, "websockets_client_connect", None)
         # websockets' own connect only: not twice, and not a transport the SDK's install_transport put there
         if getattr(connect, "__module__", "").startswith("websockets"):
             module.websockets_client_connect = functools.partial(connect, compression=None)  # type: ignore[attr-defined]
