@@ -16,7 +16,7 @@ listen and speak, the groq SDK) unchanged; only DEEPGRAM_BASE_URL / GROQ_BASE_UR
       own endpointing does.
   An interim with the first words goes out 300 ms into each utterance, a SpeechStarted at its onset
   (``vad_events``), and nothing for silence. Speak: after ``ttfb_ms`` from Flush, ``ms_per_char`` of tone a
-  character, in ``chunk_bytes`` binary frames, then Flushed; many lines a socket, Clear answered Cleared.
+  character, in ``chunk_bytes`` binary frames, then Flushed.
 - ``GroqFake`` streams SSE chat completions: the first content chunk, ``ttft_ms`` after the request
   arrived, is a whole first clause naming the caller's stream and line (``Okay caller 7 line 3 is on its
   way.``), then ``rest`` word by word, ``token_ms`` apart (``whole_first=False``: the first clause word by
@@ -24,13 +24,6 @@ listen and speak, the groq SDK) unchanged; only DEEPGRAM_BASE_URL / GROQ_BASE_UR
 
 The tags in the texts let the harness join a caller's line to its STT utterance, LLM request and TTS
 request. The fakes reuse tests/fakes/base.py (server, tone) and never edit tests/.
-
-Sources: the wire shapes are those of tests/fakes (each cites its SDK file or doc): listen messages per
-deepgram-sdk ``listen/v1/types``, speak per ``speak/v1/socket_client.py``, SSE chunks per the groq SDK's
-``types/chat/chat_completion_chunk.py``. The delays are the bench's profile, not the services'. Left out on
-purpose, since the bench measures the engine: the services' limits (audio at 1.25x, Aura's 15 streams and
-20 Flushes a minute, Groq's rate limits) and reasoning tokens (a real gpt-oss reply at low effort spends
-some before its first content token: that is provider time, inside ``llm_ttft_ms`` here).
 """
 
 from __future__ import annotations
@@ -248,18 +241,18 @@ class DeepgramFake(FakeServer):
         return ws
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
-        """Many lines a socket, as Aura takes them (deepgram-sdk speak/v1/socket_client.py: Speak, Flush,
-        Clear, Close): each Flush is one SpeakReq (the text since the last one), spoken in order; Clear drops
-        the line playing and answers Cleared. No project limits here (streams, Flushes a minute): the bench
-        measures the engine, so its engine runs with DEEPGRAM_TTS_MAX_STREAMS high (bench/harness.py)."""
+        """One socket, many lines (adapters/aura.py): each Flush is a line of the text since the previous
+        Flush, voiced in order, then ``Flushed``; Clear drops what is queued or playing and answers
+        ``Cleared`` (tests/fakes/deepgram_speak.py and its sources)."""
         if request.headers.get("Authorization") != f"Token {API_KEY}":
             return web.json_response({"err_code": "INVALID_AUTH"}, status=401)
         loop = asyncio.get_running_loop()
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        connected, pending = loop.time(), ""
+        connected = loop.time()
         await ws.send_json({"type": "Metadata", "request_id": "bench-speak", "model_name": "aura-2",
                             "model_version": "2025-01-01.0", "model_uuid": "0b4a8e9a-0000-4000-8000-000000000000"})
+        text, flushes = "", 0
         speaker: asyncio.Task[None] | None = None
         try:
             async for msg in ws:
@@ -268,19 +261,18 @@ class DeepgramFake(FakeServer):
                 data = json.loads(msg.data)
                 kind = data.get("type")
                 if kind == "Speak":
-                    pending += data.get("text", "")
+                    text += data.get("text", "")
                 elif kind == "Flush":
-                    req = SpeakReq(text=pending, tag=tag_of(pending), connected=connected, flush=loop.time())
+                    req = SpeakReq(text=text, tag=tag_of(text), connected=connected, flush=loop.time())
                     self.speaks.append(req)
-                    pending = ""
-                    if speaker is not None:
-                        await asyncio.wait({speaker})
-                    speaker = asyncio.create_task(self._say(ws, req))
+                    text = ""
+                    speaker = asyncio.create_task(self._say(ws, req, flushes, speaker))
+                    flushes += 1
                 elif kind == "Clear":
+                    text = ""
                     if speaker is not None:
                         speaker.cancel()
-                    pending = ""
-                    await ws.send_json({"type": "Cleared", "sequence_id": 0})
+                    await ws.send_json({"type": "Cleared", "sequence_id": flushes})
                 elif kind == "Close":
                     break
         finally:
@@ -288,7 +280,10 @@ class DeepgramFake(FakeServer):
                 speaker.cancel()
         return ws
 
-    async def _say(self, ws: web.WebSocketResponse, req: SpeakReq) -> None:
+    async def _say(self, ws: web.WebSocketResponse, req: SpeakReq, seq: int,
+                   before: asyncio.Task[None] | None) -> None:
+        if before is not None:  # lines are voiced in order: this one after the previous (cut or not)
+            await asyncio.wait([before])
         loop = asyncio.get_running_loop()
         assert req.flush is not None
         wait = req.flush + self.ttfb_ms / 1000 - loop.time()
@@ -301,7 +296,7 @@ class DeepgramFake(FakeServer):
                     req.first_audio = loop.time()
                 await ws.send_bytes(audio[i:i + self.chunk_bytes])
                 await asyncio.sleep(0)
-            await ws.send_json({"type": "Flushed", "sequence_id": 0})
+            await ws.send_json({"type": "Flushed", "sequence_id": seq})
 
 
 class GroqFake(FakeServer):
