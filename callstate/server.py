@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from callstate.eventfeed import LocalFeed, PgFeed, stream
 from callstate.metrics import Metrics, TurnClock
+from callstate.phoneauth import Access, PhoneTokens
 from engine import events as ev
 from engine.flow import Flow
 from engine.runtime import LiveCall, Providers
-from engine.store import Store
+from engine.store import Store, StoreError, is_postgres
 from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
@@ -24,19 +26,25 @@ class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
-                 worker_index: int = 0, db: str | None = None) -> None:
+                 worker_index: int = 0, phone: bool = False, api_key: str | None = None,
+                 db: str | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
         self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
         self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
-        self.db = db  # where the log is (a path or URL): set, GET /calls/{id}/events streams it
+        self.db = db  # where the log is (a path or URL): a PostgreSQL log streams every host's calls
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
         self.draining = False
         self.rng = random.SystemRandom()
+        #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
+        self.phone = phone
+        self.access = Access(PhoneTokens() if phone else None, api_key)
+        self.feed: LocalFeed | None = None  # built with the app (it needs the running loop)
+        self.pg_feed: PgFeed | None = None  # calls of every host of a PostgreSQL log
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
@@ -89,16 +97,53 @@ class Server:
 
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
                          skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
-                         shared_key=self.shared_key)
-        if self.db is not None:
-            from callstate.follow import EventStream
-
-            EventStream(self.db, self.store).add_to(app)
+                         shared_key=self.shared_key, media_token=self.access.token_ok if self.phone else None)
+        if self.phone:
+            app.router.add_get("/phone", self._phone_page)
+        app.router.add_get("/calls/{call_id}/events", self._events)
+        app.router.add_get("/calls/{call_id}/timeline", self._timeline)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._start_writer)
         app.on_shutdown.append(lambda _app: self.shutdown())
         return app
+
+    async def _phone_page(self, request: web.Request) -> web.Response:
+        from callstate.phone import render_page
+
+        assert self.access.tokens is not None
+        page = render_page(token=self.access.tokens.mint(), flow=self.flow.name)
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        self.access.check_reader(request)
+        call_id = request.match_info["call_id"]
+        if self.feed is None:
+            self.feed = LocalFeed(self.store)
+        if self.store.is_open_here(call_id) or self.db is None or not is_postgres(self.db):
+            return await stream(request, self.feed, call_id)  # live here: every event as it is appended
+        if self.pg_feed is None:  # a call of another host (or ended): the shared log, woken by NOTIFY
+            self.pg_feed = PgFeed(self.db)
+        return await stream(request, self.pg_feed, call_id)
+
+    async def _timeline(self, request: web.Request) -> web.Response:
+        from replay import html
+        from replay.timeline import build
+
+        self.access.check_reader(request)
+        call_id = request.match_info["call_id"]
+        calls = await asyncio.to_thread(self.store.list_calls)  # reads wait on the log writer: off the loop
+        row = next((r for r in calls if r.call_id == call_id), None)
+        if row is None or row.status == "open":
+            raise web.HTTPNotFound(text=f"no ended call {call_id!r}\n")
+        try:
+            events = await asyncio.to_thread(self.store.load, call_id)
+            flow = Flow.model_validate(row.meta.get("flow") or {})
+        except (StoreError, ValueError) as exc:
+            raise web.HTTPNotFound(text=f"call {call_id!r} cannot be shown: {exc}\n") from None
+        tl = build(flow, events, call_id=call_id, outcome=row.outcome, meta=row.meta)
+        return web.Response(text=html.render(tl), content_type="text/html", charset="utf-8")
 
     async def _start_writer(self, _app: web.Application) -> None:
         # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
@@ -154,6 +199,8 @@ class Server:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()
         await self.providers.aclose()
+        if self.pg_feed is not None:
+            await self.pg_feed.aclose()
 
 
 def _active(metrics_text: str) -> int:

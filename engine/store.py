@@ -171,12 +171,13 @@ class Store(ABC):
     def __init__(self, *, owner: str | None = None) -> None:
         self._pending: list[tuple[str, Event]] = []
         self._next_seq: dict[str, int] = {}  # call open in this store -> the seq append expects next
+        #: Called with (call_id, event) on every append and (call_id, None) when the call closes, in the
+        #: appending thread: a live event stream's in-process source (callstate/eventfeed.py).
+        self.listeners: list[Callable[[str, Event | None], None]] = []
         self.owner = owner or new_owner_id()
         self._leased = False
         self._llm_prev: dict[str, list[Any]] = {}  # open call -> its previous request's messages (format 2)
         self.writer: LogWriter | None = None
-        #: told the call id after each write that reached the log (from the writer thread when there is one)
-        self.write_listeners: list[Callable[[str], None]] = []
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
@@ -230,6 +231,8 @@ class Store(ABC):
                              "(seqs start at 1, with no gaps and no repeats)")
         self._next_seq[call_id] = expected + 1
         self._pending.append((call_id, event))
+        for listener in self.listeners:
+            listener(call_id, event)
 
     def flush(self) -> None:
         """Write every buffered event in one transaction. On failure nothing is written, the buffer stays."""
@@ -245,6 +248,17 @@ class Store(ABC):
         self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, meta or {}))
         del self._next_seq[call_id]
         self._llm_prev.pop(call_id, None)
+        for listener in self.listeners:
+            listener(call_id, None)
+
+    def is_open_here(self, call_id: str) -> bool:
+        """The call is live in this store (appends to it still come)."""
+        return call_id in self._next_seq
+
+    def pending_records(self, call_id: str) -> list[dict[str, Any]]:
+        """The call's envelopes appended but not yet handed to the writer (a live call's tail). Taken in the
+        appending thread; with ``load_records`` (which waits for what was handed over) it is the whole log."""
+        return [to_record(cid, e) for cid, e in self._pending if cid == call_id]
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.
@@ -260,12 +274,6 @@ class Store(ABC):
         for call_id in sorted(dropped):
             log.warning("call %s: no longer open (abandoned by another instance after this one's lease "
                         "lapsed); its new events were not written", call_id)
-        for call_id in sorted(({row[0] for row in rows} | ({end[0]} if end else set())) - dropped):
-            for listener in self.write_listeners:  # written already: a listener's failure must not undo that
-                try:
-                    listener(call_id)
-                except Exception:
-                    log.exception("log listener failed")
 
     def load_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's flushed envelopes in seq order; checks version, seqs, JSON and truncation."""
