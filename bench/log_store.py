@@ -78,7 +78,8 @@ def main() -> None:
     store_name = "SQLite" if args.db == "sqlite" else "PostgreSQL"
     print(f"bench/log_store.py  date {DATE}  commit {commit()}  log in {store_name}, format 2")
     print(f"log: {len(log)} events a call x {args.calls} calls = {n:,} events; {len(ends)} flushes a call")
-    rows = [_row("c", e, {}) for e in log]
+    prev: dict[str, tuple[ev.Message, ...]] = {}  # one call's history, as the store keeps it
+    rows = [_row("c", e, prev) for e in log]
     size = sum(len(r[5]) for r in rows)
     v1_size = sum(len(r[5]) for r in (_row("c", e) for e in log))
     llm = [len(r[5]) for e, r in zip(log, rows, strict=True) if isinstance(e, ev.StartLlm)]

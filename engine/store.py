@@ -27,6 +27,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -46,7 +47,7 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
+from engine.events import SCHEMA_VERSION, Event, EventError, Message, StartLlm, from_record, to_record
 from engine.logwriter import LogWriter
 
 log = logging.getLogger("callstate.store")
@@ -84,19 +85,22 @@ class CallRow:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _row(call_id: str, event: Event, llm_prev: dict[str, list[Any]] | None = None) -> Row:
-    """One event as a row. With ``llm_prev`` (call id -> the previous request's messages as records), a
-    StartLlm is stored in format 2: ``messages_from`` = how many of the previous request's messages it
-    starts with, then only its other messages. A call's log grows with what is said, not with its square."""
-    r = to_record(call_id, event)  # the one envelope definition lives in events.py
-    data = r["data"]
-    if llm_prev is not None and r["type"] == "StartLlm":
-        msgs, prev = data["messages"], llm_prev.get(call_id, [])
-        keep = 0
-        while keep < len(prev) and keep < len(msgs) and prev[keep] == msgs[keep]:
+def _row(call_id: str, event: Event, llm_prev: dict[str, tuple[Message, ...]] | None = None) -> Row:
+    """One event as a row. With ``llm_prev`` (call id -> the previous request's messages), a StartLlm is
+    stored in format 2: ``messages_from`` = how many of the previous request's messages it starts with, then
+    only its other messages. A call's log grows with what is said, not with its square, and only the new
+    messages are turned into records and encoded."""
+    if llm_prev is not None and isinstance(event, StartLlm):
+        msgs, prev = event.messages, llm_prev.get(call_id, ())
+        keep, most = 0, min(len(prev), len(msgs))
+        while keep < most and (prev[keep] is msgs[keep] or prev[keep] == msgs[keep]):
             keep += 1
         llm_prev[call_id] = msgs
-        data = {**data, "messages_from": keep, "messages": msgs[keep:]}
+        r = to_record(call_id, dataclasses.replace(event, messages=msgs[keep:]))
+        data = {"messages_from": keep, **r["data"]}
+    else:
+        r = to_record(call_id, event)  # the one envelope definition lives in events.py
+        data = r["data"]
     return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(data), r["cause"])
 
 
@@ -176,7 +180,7 @@ class Store(ABC):
         self.listeners: list[Callable[[str, Event | None], None]] = []
         self.owner = owner or new_owner_id()
         self._leased = False
-        self._llm_prev: dict[str, list[Any]] = {}  # open call -> its previous request's messages (format 2)
+        self._llm_prev: dict[str, tuple[Message, ...]] = {}  # open call -> its previous request's messages
         self.writer: LogWriter | None = None
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
