@@ -65,6 +65,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     flow: Flow | None = None
+    #: every value the environment supplied (to mask wherever the flow is shown or stored)
+    env_values: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +136,7 @@ class _Loader:
         self.warnings: list[_Issue] = []
         self.unbuilt: set[Loc] = set()  # values kept as written (a failed ${VAR}, a bad tag)
         self.secrets: dict[Loc, list[str]] = {}  # what the environment put where, to keep it out of messages
+        self.sources: dict[Loc, str] = {}  # the text as written (with its ${VAR}) where the environment put a value
         self.root: yaml.Node | None = None
         self.ctor = yaml.constructor.SafeConstructor()
         self.count = 0
@@ -171,7 +174,22 @@ class _Loader:
         report.errors = list(dict.fromkeys(self.format(i) for i in sorted(errors)))
         report.warnings = list(dict.fromkeys(self.format(i) for i in sorted(self.warnings)))
         report.flow = None if report.errors else flow
+        report.env_values = [v for values in self.secrets.values() for v in values if v]
+        if report.flow is not None:
+            report.flow.set_log_record(self.masked(report.flow), tuple(report.env_values))
         return report
+
+    def masked(self, flow: Flow) -> dict[str, Any]:
+        """The flow as a log may keep it: each value the environment supplied shown as written (``${VAR}``)."""
+        record = flow.model_dump(mode="json")
+        for path, text in self.sources.items():
+            node: Any = record
+            for step in path[:-1]:
+                node = _child(node, step)
+            if (isinstance(node, dict) and path and path[-1] in node) or \
+                    (isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)):
+                node[path[-1]] = text
+        return record
 
     def format(self, i: _Issue) -> str:
         message = i.message
@@ -246,6 +264,7 @@ class _Loader:
                 problems.append(f"environment variable {ref.group(1)} is not set")
                 return m.group(0)
             self.secrets.setdefault(path, []).append(value)
+            self.sources[path] = text
             return value
 
         result = _REF.sub(sub, text)
@@ -310,6 +329,12 @@ class _Loader:
     def warn(self, path: Loc, message: str) -> None:
         m = self.locate(path)[1]
         self.warnings.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path))
+
+
+def _child(node: Any, step: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(step)
+    return node[step] if isinstance(node, list) and isinstance(step, int) and step < len(node) else None
 
 
 def format_path(path: Loc) -> str:

@@ -37,6 +37,7 @@ import sqlite_utils
 
 from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
 from engine.logwriter import LogWriter
+from engine.redact import Redactor
 
 Status = Literal["open", "ended", "abandoned"]
 Row = tuple[str, int, int, str, str, str, int | None]  # call_id, seq, t_ms, kind, type, data (JSON), cause
@@ -123,6 +124,7 @@ class Store(ABC):
         self._pending: list[tuple[str, Event]] = []
         self._next_seq: dict[str, int] = {}  # call open in this store -> the seq append expects next
         self.writer: LogWriter | None = None
+        self.redact: Redactor = Redactor()  # secrets masked in every row and meta written from now on
 
     def start_writer(self, name: str, **limits: Any) -> LogWriter:
         """From now on, writes are queued to a thread (see engine/logwriter.py); ``close`` drains it."""
@@ -150,7 +152,10 @@ class Store(ABC):
                              f"got {started_at!r}") from None
         if call_id in self._next_seq:
             raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
-        self._run(lambda: self._insert_call(call_id, started_at, flow, meta or {}), 0, f"open_call({call_id!r})")
+        meta = meta or {}
+        if self.redact:
+            meta = json.loads(self.redact(json.dumps(meta)))
+        self._run(lambda: self._insert_call(call_id, started_at, flow, meta), 0, f"open_call({call_id!r})")
         self._next_seq[call_id] = 1
 
     def append(self, call_id: str, event: Event) -> None:
@@ -183,7 +188,11 @@ class Store(ABC):
         # Serialised here, not in append: append stays a list append on the hot path.
         rows = [_row(call_id, event) for call_id, event in self._pending]
         what = f"close_call({end[0]!r})" if end else "flush"
-        self._run(lambda: self._write(rows, end), len(rows), what)
+        redact = self.redact
+
+        def write() -> None:  # masking runs here: on the writer thread once there is one
+            self._write([(*r[:5], redact(r[5]), r[6]) for r in rows] if redact else rows, end)
+        self._run(write, len(rows), what)
         self._pending.clear()
 
     def load_records(self, call_id: str) -> list[dict[str, Any]]:
@@ -232,6 +241,11 @@ class Store(ABC):
     def list_calls(self, since: str | None = None) -> list[CallRow]:
         self.drain()
         return self._list_calls(since)
+
+    def call_sids(self) -> list[tuple[str, str]]:
+        """(call_id, the CallSid in its meta, or "") for every call, oldest first: what a server reads once
+        at start so that choosing a live call's id never reads the log. Backends may answer it cheaper."""
+        return [(r.call_id, str(r.meta.get("call_sid") or "")) for r in self.list_calls()]
 
     @abstractmethod
     def _list_calls(self, since: str | None) -> list[CallRow]: ...
@@ -405,6 +419,12 @@ class SqliteStore(Store):
                           "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = calls.call_id) "
                           "WHERE call_id = ? AND status = 'open'", [(i,) for i in ids])
         return ids
+
+    def call_sids(self) -> list[tuple[str, str]]:
+        self.drain()
+        rows = self._query("SELECT call_id, CASE WHEN json_valid(meta) THEN json_extract(meta, '$.call_sid') END "
+                           "FROM calls ORDER BY started_at, call_id")
+        return [(call_id, sid if isinstance(sid, str) else "") for call_id, sid in rows]
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
         where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())

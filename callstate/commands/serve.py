@@ -10,9 +10,12 @@ import signal
 import sys
 from datetime import UTC, datetime
 
+from adapters.twilio import StreamLimits
+from callstate import logsafe
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
 from callstate.providers import build_providers, missing_keys
+from callstate.server import Limits
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
@@ -29,10 +32,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure-skip-signature", action="store_true",
                    help="accept requests without a valid X-Twilio-Signature (local work only)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="IP",
+                   help="a reverse proxy (e.g. 127.0.0.1 for ngrok) whose X-Forwarded-Proto/-Host are believed; "
+                        "repeatable. Without one (and without --public-url) the URL is this request's own")
+    p.add_argument("--max-connections", type=int, default=Limits.max_connections,
+                   help=f"open connections at most; more are refused (default {Limits.max_connections})")
+    p.add_argument("--stream-start-timeout-s", type=float, default=StreamLimits.start_s,
+                   help="a Media Stream must send `start` this soon after the upgrade "
+                        f"(default {StreamLimits.start_s:g})")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    formatter = logsafe.setup()
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
@@ -46,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(_serve(args, flow))
+        return asyncio.run(_serve(args, flow, formatter))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
+async def _serve(args: argparse.Namespace, flow, formatter: logsafe.SafeFormatter) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
     from callstate.server import Server, start
     from engine.store import SqliteStore
@@ -75,9 +86,13 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     except StoreError:
         store.close()
         raise
+    limits = Limits(max_connections=args.max_connections,
+                    stream=StreamLimits(start_s=args.stream_start_timeout_s))
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
+                    grace_s=args.grace_s, trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
+    formatter.redact = server.redact
+    server.guard.fit_file_limit()
     try:
         runner, port = await start(server, args.host, args.port)
     except OSError as exc:
