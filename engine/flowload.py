@@ -23,7 +23,6 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Union
 
 import yaml
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.flow import Flow
 from engine.flowcheck import Checks
+from engine.textfile import TextFileError, read_text
 
 Loc = tuple[str | int, ...]
 
@@ -83,11 +83,9 @@ def load_flow(path: str | os.PathLike[str]) -> Flow:
 def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Report:
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return Report(name, [f"{name}: not UTF-8 text"])
-    except OSError as exc:  # "No such file or directory", "Is a directory", "Permission denied"
-        return Report(name, [f"{name}: cannot read ({exc.strerror})"])
+        text = read_text(path)
+    except TextFileError as exc:
+        return Report(name, [str(exc)])
     return check_text(text, name, env)
 
 
@@ -140,6 +138,7 @@ class _Loader:
         self.root: yaml.Node | None = None
         self.ctor = yaml.constructor.SafeConstructor()
         self.count = 0
+        self.built: set[int] = set()
 
     def run(self, text: str) -> Report:
         report = Report(self.name)
@@ -166,7 +165,9 @@ class _Loader:
         try:
             data = self.build(self.root, (), frozenset())
         except _TooBig:
-            return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
+            expanded = " once aliases are expanded" if len(self.built) < self.count else ""
+            return Report(self.name, [f"{self.name}: too large: over {_MAX_NODES} YAML nodes{expanded} "
+                                      "(a flow is a few hundred)"])
         flow = self.validate(data)
         Checks(data, self.error, self.warn).run()
         # a value that couldn't be built stays as written: only the error that says why is worth showing
@@ -223,6 +224,7 @@ class _Loader:
 
     def build(self, node: yaml.Node, path: Loc, stack: frozenset[int]) -> Any:
         self.count += 1
+        self.built.add(id(node))  # fewer ids than builds: aliases were expanded
         if self.count > _MAX_NODES:
             raise _TooBig
         if isinstance(node, yaml.ScalarNode):

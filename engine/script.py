@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine import events as ev
 from engine.flow import ScriptedReply
+from engine.textfile import TextFileError, read_text
 
 
 class _Strict(BaseModel):
@@ -72,13 +73,14 @@ class ScriptError(ValueError):
 def load_script(path: str | Path) -> CallScript:
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except OSError as exc:
-        raise ScriptError(f"{p}: cannot read ({exc.strerror})") from None
+        data = yaml.safe_load(read_text(p)) or {}
+        return CallScript.model_validate(data)
+    except TextFileError as exc:
+        raise ScriptError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ScriptError(f"{p}: not valid YAML: {exc}") from None
-    try:
-        return CallScript.model_validate(data)
+    except RecursionError:  # PyYAML's composer and pydantic recurse per level of nesting
+        raise ScriptError(f"{p}: nested too deeply") from None
     except ValidationError as exc:
         lines = [f"{p}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ScriptError("\n".join(lines)) from None
