@@ -74,7 +74,7 @@ class ConnectionGuard:
                             "connection(s) since the last such line", len(self.open), self.max_connections,
                             self._refused_since_log)
                 self._last_log, self._refused_since_log = now, 0
-            transport.abort()
+            loop.call_soon(transport.abort)  # after aiohttp's handler task has started (it asserts a live peer)
             return
         self.open[handler] = loop.call_later(self.header_s, self._expire, handler, transport)
 

@@ -166,6 +166,8 @@ class LiveCall:
         try:
             while True:
                 event, payload = await self.inbox.get()
+                if self.cut and not isinstance(event, ev.CallEnded):
+                    continue  # queued before a limit ended the call: never fed, never logged
                 started = time.perf_counter_ns()
                 before = self.machine.state
                 stamped, effects = self.machine.step(event)

@@ -98,7 +98,8 @@ async def _serve(args: argparse.Namespace, flow, formatter: logsafe.SafeFormatte
     except OSError as exc:
         await server.providers.aclose()
         store.close()
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
+        print(f"error: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
         return 1
     store.claim(f"engine serve on http://{args.host}:{port} since "
                 f"{datetime.now(UTC).isoformat(timespec='seconds')}")
