@@ -75,6 +75,7 @@ class Server:
                                      header_s=limits.header_s)
         self.ids = CallIds([])
         self.draining = False
+        self._lag_task: asyncio.Task[None] | None = None
         self.rng = random.SystemRandom()
         # The flow as the log keeps it: every value that came from the environment masked; and every secret
         # value masked in whatever else the log or the console gets (issue 11)
@@ -145,7 +146,15 @@ class Server:
         app.on_shutdown.append(lambda _app: self.shutdown())
         return app
 
+    async def _watch_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.1)
+            self.metrics.loop_lag_ms.append((loop.time() - t - 0.1) * 1000)
+
     async def _startup(self, _app: web.Application) -> None:
+        self._lag_task = asyncio.create_task(self._watch_lag())
         self.ids = CallIds(self.store.call_sids())  # read once, before any call: ids never wait on the log
         # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
         # process makes the log wait, never the calls (issue 11).
@@ -178,6 +187,8 @@ class Server:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()
         await self.providers.aclose()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
 
 
 async def start(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
