@@ -4,12 +4,11 @@
   line of a script (the stream's `script` parameter, a JSON list or lines split by "|", else the flow's
   local.caller). An interim with the first words comes early in the utterance, as a streaming STT's would,
   so barge-in by words works. Bursts shorter than `min_utterance_ms` (a cough) get no transcript.
-- LLM: replies and tool calls from the flow's local.replies (engine/script.py picks them from the
+- LLM: replies and tool calls from the flow's local.replies (adapters/scripted.py picks them from the
   request alone, so preemptive restarts and replays get the same answer).
 - TTS: adapters/speech.py (espeak-ng where installed, else a speech-like signal of realistic length).
 
-This adapter imports engine.script besides engine.events: it is the live twin of the offline driver,
-and both must pick the same scripted replies.
+The offline driver (sim/offline.py) answers from the same adapters/scripted.py, in virtual time.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from adapters.scripted import reply_tokens, reply_tool_call, scripted_reply
 from engine import events as ev
-from engine.script import reply_tokens, reply_tool_call, scripted_reply
 
 Emit = Callable[[ev.Input], None]
 

@@ -18,9 +18,9 @@ import time
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine
-from engine.offline import OfflineCall
-from engine.script import CallerTurn, CallScript, CannedTool
 from replay.reproduce import reproduce
+from sim.offline import OfflineCall
+from sim.script import CallerTurn, CallScript, CannedTool
 
 
 def synthetic_call(minutes: float, seed: int = 0) -> tuple[Flow, list[ev.Event]]:

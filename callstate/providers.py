@@ -1,50 +1,266 @@
-"""Which adapters a flow runs with: built from the flow's provider names and the environment's keys."""
+"""Every provider a flow can name, in one table: its options and their defaults, its keys, its builder.
+
+Rules:
+- This is the one module that knows provider names, models and voices. A flow holds its choice as an opaque
+  ``engine.flow.ProviderConfig`` (``{provider, **options}``); the flow loader is handed ``REGISTRY`` and
+  checks both against this table, so a mistake comes back as ``file:line:col key.path: message``.
+- To add a provider: an options model and one ``Provider`` row in PROVIDERS (its keys and builder included).
+  To add an option: one field on its model (with the default's source in a comment), read in the builder.
+- Importing this module imports no vendor SDK: a builder imports its adapter when it runs.
+- Keys come from the environment and are only ever named, never printed or logged with their values.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from engine.flow import Flow
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.flow import Flow, ProviderConfig
 from engine.runtime import Providers
 
-# provider name -> environment variables it needs (keys only; never logged or printed with values)
-_KEYS = {
-    ("stt", "deepgram"): ("DEEPGRAM_API_KEY",),
-    ("llm", "groq"): ("GROQ_API_KEY",),
-    ("tts", "deepgram"): ("DEEPGRAM_API_KEY",),
-    ("tts", "playht"): ("PLAYHT_API_KEY", "PLAYHT_USER_ID"),
-}
+Kind = Literal["stt", "llm", "tts"]
+KINDS: tuple[Kind, ...] = ("stt", "llm", "tts")
 
 
-def missing_keys(flow: Flow, env: Mapping[str, str]) -> list[str]:
-    """Every variable the flow's providers need that is unset or empty, each named once, with its user."""
-    wanted = [("stt", flow.stt.provider), ("llm", flow.llm.provider), ("tts", flow.tts.provider)]
-    if flow.tts.fallback:
-        wanted.append(("tts", flow.tts.fallback))
-    out: list[str] = []
-    for what, name in wanted:
-        for key in _KEYS.get((what, name), ()):
-            line = f"{key} (for {what}: {name})"
-            if not env.get(key) and not any(x.startswith(key + " ") for x in out):
-                out.append(line)
-    return out
+class Options(BaseModel):
+    """A provider's whole config as a flow writes it: the name (checked against PROVIDERS), then options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str | None = None
 
 
-def _tts(name: str, flow: Flow, env: Mapping[str, str]):  # type: ignore[no-untyped-def]
-    if name == "deepgram":
-        from adapters.deepgram import DeepgramTts
+# ------------------------------------------------------------------------------------------------ STT
 
-        return DeepgramTts.from_env(env, voice=flow.tts.voice)
-    if name == "playht":
-        from adapters.playht import PlayHtTts
 
-        return PlayHtTts.from_env(env, voice=flow.tts.voice, speed=flow.tts.speed)
+class SttOptions(Options):
+    #: Ask the STT for its final as soon as the local VAD hears the caller stop (Deepgram's Finalize): the
+    #: final then comes ~endpointing_ms sooner than the STT's own endpointing would send it.
+    finalize_on_vad_stop: bool = True
+
+    @property
+    def own_endpointing_ms(self) -> int:
+        """Silence after which the STT sends a final of its own accord (what the offline driver models)."""
+        return 0
+
+
+class DeepgramSttOptions(SttOptions):
+    model: str = "nova-3"
+    language: str = "en-US"
+    keyterms: list[str] = []
+    #: Deepgram's own endpointing (ms of silence before speech_final); 300 suits conversation.
+    endpointing_ms: int = Field(300, ge=10)
+    #: Deepgram's minimum for utterance_end_ms is 1000.
+    utterance_end_ms: int = Field(1000, ge=1000)
+
+    @property
+    def own_endpointing_ms(self) -> int:
+        return self.endpointing_ms
+
+
+class LocalSttOptions(SttOptions):
+    """The script player: the flow's ``local.caller`` lines, one per utterance the local VAD hears."""
+
+
+# ------------------------------------------------------------------------------------------------ LLM
+
+
+class GroqOptions(Options):
+    #: Groq retired llama-3.3-70b-versatile and llama-3.1-8b-instant on 2026-08-16; gpt-oss-20b is the
+    #: lowest-latency model it serves today.
+    model: str = "openai/gpt-oss-20b"
+    temperature: float = Field(0.3, ge=0, le=2)
+    max_tokens: int = Field(256, gt=0)
+
+
+class LocalLlmOptions(Options):
+    """Scripted replies from the flow's ``local.replies`` (adapters/scripted.py picks them)."""
+
+
+# ------------------------------------------------------------------------------------------------ TTS
+
+
+class TtsOptions(Options):
+    #: Another TTS to use when this one fails; it gets the options below that it also has (voice, speed).
+    fallback: str | None = None
+
+    @model_validator(mode="after")
+    def _fallback_is_a_tts(self) -> TtsOptions:
+        if self.fallback is not None:
+            row = PROVIDERS.get(("tts", self.fallback))
+            if row is None:
+                raise ValueError("fallback must be one of: " + ", ".join(names("tts")))
+            try:
+                fallback_options(self, row)
+            except ValidationError as exc:
+                missing = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "missing"]
+                raise ValueError(f"the fallback {self.fallback} needs {', '.join(missing) or 'other options'}") \
+                    from None
+        return self
+
+
+class DeepgramTtsOptions(TtsOptions):
+    voice: str = "aura-2-thalia-en"
+
+
+class PlayHtOptions(TtsOptions):
+    voice: str = "aura-2-thalia-en"  # kept from the shared default; PlayHT-compatible hosts name their own
+    speed: float = Field(1.0, gt=0, le=4)
+
+
+class LocalTtsOptions(TtsOptions):
+    """adapters/speech.py: espeak-ng where installed, else a speech-like signal of realistic length."""
+
+
+# ---------------------------------------------------------------------------------------- the builders
+
+Builder = Callable[[Any, Flow, Mapping[str, str]], Any]
+
+
+def _deepgram_stt(o: DeepgramSttOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.deepgram import DeepgramStt
+
+    return DeepgramStt.from_env(env, model=o.model, language=o.language, keyterms=tuple(o.keyterms),
+                                endpointing_ms=o.endpointing_ms, utterance_end_ms=o.utterance_end_ms)
+
+
+def _local_stt(o: LocalSttOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.local import LocalStt
+    from adapters.vad import Vad
+
+    return LocalStt(flow.local.caller, vad=Vad, final_ms=flow.local.latency.stt_final_ms)
+
+
+def _groq(o: GroqOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.groq import GroqLlm
+
+    return GroqLlm.from_env(env, model=o.model, temperature=o.temperature, max_tokens=o.max_tokens)
+
+
+def _local_llm(o: LocalLlmOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.local import LocalLlm
+
+    lat = flow.local.latency
+    return LocalLlm(flow.local.replies, first_token_ms=lat.llm_first_token_ms, token_ms=lat.llm_token_ms)
+
+
+def _deepgram_tts(o: DeepgramTtsOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.deepgram import DeepgramTts
+
+    return DeepgramTts.from_env(env, voice=o.voice)
+
+
+def _playht(o: PlayHtOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.playht import PlayHtTts
+
+    return PlayHtTts.from_env(env, voice=o.voice, speed=o.speed)
+
+
+def _local_tts(o: LocalTtsOptions, flow: Flow, env: Mapping[str, str]) -> Any:
     from adapters.speech import LocalTts
 
     return LocalTts(first_byte_ms=flow.local.latency.tts_first_byte_ms)
 
 
-def _machine_vad():  # type: ignore[no-untyped-def]
+# ------------------------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Provider:
+    kind: Kind
+    name: str
+    options: type[Options]
+    keys: tuple[str, ...]  # environment variables it needs (names only)
+    build: Builder
+
+
+PROVIDERS: dict[tuple[Kind, str], Provider] = {
+    (p.kind, p.name): p
+    for p in (
+        Provider("stt", "deepgram", DeepgramSttOptions, ("DEEPGRAM_API_KEY",), _deepgram_stt),
+        Provider("stt", "local", LocalSttOptions, (), _local_stt),
+        Provider("llm", "groq", GroqOptions, ("GROQ_API_KEY",), _groq),
+        Provider("llm", "local", LocalLlmOptions, (), _local_llm),
+        Provider("tts", "deepgram", DeepgramTtsOptions, ("DEEPGRAM_API_KEY",), _deepgram_tts),
+        Provider("tts", "playht", PlayHtOptions, ("PLAYHT_API_KEY", "PLAYHT_USER_ID"), _playht),
+        Provider("tts", "local", LocalTtsOptions, (), _local_tts),
+    )
+}
+
+#: The standard stack (README): a flow that names no provider runs on these.
+DEFAULTS: dict[Kind, str] = {"stt": "deepgram", "llm": "groq", "tts": "deepgram"}
+
+
+def names(kind: str) -> list[str]:
+    return [name for k, name in PROVIDERS if k == kind]
+
+
+def provider(kind: Kind, config: ProviderConfig) -> Provider:
+    """The row a (validated) config names; its default when it names none."""
+    return PROVIDERS[(kind, config.provider or DEFAULTS[kind])]
+
+
+def options(kind: Kind, config: ProviderConfig) -> Options:
+    """A flow's (validated) config as its provider's typed options, defaults filled in."""
+    return provider(kind, config).options.model_validate(config.model_dump())
+
+
+def stt_options(flow: Flow) -> SttOptions:
+    o = options("stt", flow.stt)
+    assert isinstance(o, SttOptions), "every STT's options derive from SttOptions"
+    return o
+
+
+def fallback_options(primary: TtsOptions, row: Provider) -> Options:
+    shared = {k: v for k, v in primary.model_dump().items()
+              if k in row.options.model_fields and k not in ("provider", "fallback")}
+    return row.options.model_validate(shared)
+
+
+class Registry:
+    """What the flow loader asks of this table (engine.flowload.ProviderTable), engine never importing it."""
+
+    kinds = KINDS
+
+    def names(self, kind: str) -> list[str]:
+        return names(kind)
+
+    def options(self, kind: str, name: str | None) -> type[BaseModel] | None:
+        row = PROVIDERS.get((kind, name or DEFAULTS[kind]))  # type: ignore[index]
+        return None if row is None else row.options
+
+    def default_options(self, kind: str) -> type[BaseModel]:
+        return PROVIDERS[(kind, DEFAULTS[kind])].options  # type: ignore[index]
+
+
+REGISTRY = Registry()
+
+
+# ---------------------------------------------------------------------------------------- a flow's set
+
+
+def _chosen(flow: Flow) -> list[tuple[Kind, str]]:
+    wanted: list[tuple[Kind, str]] = [(k, provider(k, getattr(flow, k)).name) for k in KINDS]
+    fallback = options("tts", flow.tts)
+    if isinstance(fallback, TtsOptions) and fallback.fallback:
+        wanted.append(("tts", fallback.fallback))
+    return wanted
+
+
+def missing_keys(flow: Flow, env: Mapping[str, str]) -> list[str]:
+    """Every variable the flow's providers need that is unset or empty, each named once, with its user."""
+    out: list[str] = []
+    for kind, name in _chosen(flow):
+        for key in PROVIDERS[(kind, name)].keys:
+            if not env.get(key) and not any(x.startswith(key + " ") for x in out):
+                out.append(f"{key} (for {kind}: {name})")
+    return out
+
+
+def _machine_vad() -> Any:
     from adapters.vad import VadParams
 
     #: The machine's VAD reports a stop after 120 ms of silence, not the 300 ms that keeps a whole line in
@@ -59,27 +275,12 @@ def build_providers(flow: Flow, env: Mapping[str, str]) -> Providers:
     from adapters.vad import Vad
 
     vad_params = _machine_vad()
-
-    if flow.stt.provider == "deepgram":
-        from adapters.deepgram import DeepgramStt
-
-        stt = DeepgramStt.from_env(env, model=flow.stt.model, language=flow.stt.language,
-                                   keyterms=tuple(flow.stt.keyterms), endpointing_ms=flow.stt.endpointing_ms,
-                                   utterance_end_ms=flow.stt.utterance_end_ms)
-    else:
-        from adapters.local import LocalStt
-
-        stt = LocalStt(flow.local.caller, vad=Vad, final_ms=flow.local.latency.stt_final_ms)
-    if flow.llm.provider == "groq":
-        from adapters.groq import GroqLlm
-
-        llm = GroqLlm.from_env(env, model=flow.llm.model, temperature=flow.llm.temperature,
-                               max_tokens=flow.llm.max_tokens)
-    else:
-        from adapters.local import LocalLlm
-
-        llm = LocalLlm(flow.local.replies, first_token_ms=flow.local.latency.llm_first_token_ms,
-                       token_ms=flow.local.latency.llm_token_ms)
-    fallback = _tts(flow.tts.fallback, flow, env) if flow.tts.fallback else None
-    return Providers(stt=stt, llm=llm, tts=_tts(flow.tts.provider, flow, env), tools=ToolRunner(flow.tools),
-                     vad=lambda: Vad(vad_params), tts_fallback=fallback)
+    built = {k: provider(k, getattr(flow, k)).build(options(k, getattr(flow, k)), flow, env) for k in KINDS}
+    tts = options("tts", flow.tts)
+    fallback = None
+    if isinstance(tts, TtsOptions) and tts.fallback:
+        row = PROVIDERS[("tts", tts.fallback)]
+        fallback = row.build(fallback_options(tts, row), flow, env)
+    return Providers(stt=built["stt"], llm=built["llm"], tts=built["tts"], tools=ToolRunner(flow.tools),
+                     vad=lambda: Vad(vad_params), tts_fallback=fallback,
+                     finalize_on_vad_stop=stt_options(flow).finalize_on_vad_stop)

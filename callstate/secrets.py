@@ -2,7 +2,7 @@
 
 Secrets: every value a flow took from the environment (webhook headers, HMAC secrets, keys in URLs), and
 every environment variable whose name says it holds a credential (provider keys, TWILIO_AUTH_TOKEN). They are
-masked in the log's rows and meta (engine/redact.py) and in the server's console output (callstate/logsafe.py).
+masked in the log's rows and meta (engine/redact.py) and in the server's console output (callstate/logsetup.py).
 """
 
 from __future__ import annotations

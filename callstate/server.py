@@ -108,7 +108,8 @@ class Server:
         self.clocks[call_id] = TurnClock()
         self.metrics.active += 1
         call.main.add_done_callback(lambda _t, cid=call_id: self._ended(cid))
-        log.info("call %s started%s", call_id, f" (a retry of {previous})" if previous else "")
+        log.info("call %s started%s", call_id, f" (a retry of {previous})" if previous else "",
+                 extra={"call_id": call_id, "call_sid": call_sid})
         return call
 
     def _on_limit(self, what: str) -> None:
@@ -121,6 +122,8 @@ class Server:
         v2v = self.clocks[call.call_id].step(event, effects, before, call.machine.state)
         if v2v is not None:
             self.metrics.v2v.observe(v2v)
+            log.info("call %s: agent answered, voice to voice %d ms", call.call_id, v2v,
+                     extra={"call_id": call.call_id, "v2v_ms": v2v})
 
     def _ended(self, call_id: str) -> None:
         call = self.calls.pop(call_id, None)
@@ -128,7 +131,7 @@ class Server:
         self.metrics.active -= 1
         if call is not None:
             self.metrics.calls[call.outcome] += 1
-            log.info("call %s ended (%s)", call_id, call.outcome)
+            log.info("call %s ended (%s)", call_id, call.outcome, extra={"call_id": call_id, "outcome": call.outcome})
 
     def app(self) -> web.Application:
         from adapters.twilio import create_app

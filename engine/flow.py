@@ -24,33 +24,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LlmConfig(Strict):
-    provider: Literal["groq", "local"] = "groq"
-    #: Groq retired llama-3.3-70b-versatile and llama-3.1-8b-instant on 2026-08-16; gpt-oss-20b is the
-    #: lowest-latency model it serves today.
-    model: str = "openai/gpt-oss-20b"
-    temperature: float = Field(0.3, ge=0, le=2)
-    max_tokens: int = Field(256, gt=0)
+class ProviderConfig(BaseModel):
+    """A provider chosen by name, with its options: ``{provider: NAME, OPTION: value, ...}``.
 
+    Opaque to the core: the names, options and defaults live in callstate/providers.py, which the flow
+    loader is handed to check them (engine/ imports nothing from there). ``provider: null`` (or no
+    ``provider``) means the registry's default for that kind.
+    """
 
-class SttConfig(Strict):
-    provider: Literal["deepgram", "local"] = "deepgram"
-    model: str = "nova-3"
-    language: str = "en-US"
-    keyterms: list[str] = []
-    #: Deepgram's own endpointing (ms of silence before speech_final); 300 suits conversation.
-    endpointing_ms: int = Field(300, ge=10)
-    utterance_end_ms: int = Field(1000, ge=1000)
-    #: Send Finalize when the local VAD hears the caller stop: the final comes ~endpointing_ms sooner.
-    finalize_on_vad_stop: bool = True
+    model_config = ConfigDict(extra="allow")
 
+    provider: str | None = None
 
-class TtsConfig(Strict):
-    provider: Literal["deepgram", "playht", "local"] = "deepgram"
-    voice: str = "aura-2-thalia-en"
-    speed: float = Field(1.0, gt=0, le=4)
-    #: Another TTS to use when this one fails.
-    fallback: Literal["deepgram", "playht", "local"] | None = None
+    @property
+    def options(self) -> dict[str, Any]:
+        """Everything but the name, as written in the flow."""
+        return dict(self.model_extra or {})
 
 
 class Webhook(Strict):
@@ -151,9 +140,9 @@ class Flow(Strict):
     name: str
     greeting: str | None = None
     system: str = "You are a helpful phone agent. Keep answers short and spoken."
-    llm: LlmConfig = LlmConfig()
-    stt: SttConfig = SttConfig()
-    tts: TtsConfig = TtsConfig()
+    llm: ProviderConfig = ProviderConfig()
+    stt: ProviderConfig = ProviderConfig()
+    tts: ProviderConfig = ProviderConfig()
     turn_taking: policy.TurnTaking = policy.TurnTaking()
     fillers: list[str] = ["One moment.", "Let me see.", "Just a second."]
     reprompts: list[str] = ["Are you still there?"]

@@ -9,6 +9,9 @@ Rules:
   text; quoting is never needed to keep a leading "+" or zeros.
 - ``${VAR}`` and ``${VAR:-default}`` in string values come from the environment; ``$${`` is a literal
   ``${``. Messages quote names, never values, and anything the environment supplied shows as ``***``.
+- Providers (``stt``, ``llm``, ``tts``) are opaque to the core: a ProviderTable (callstate/providers.py's
+  REGISTRY, handed in by the caller) says which names exist and what options each takes; without one,
+  any provider config is taken as written.
 - Bad input never raises anything but FlowError.
 """
 
@@ -23,7 +26,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -33,6 +36,7 @@ from engine.flowcheck import Checks
 from engine.textfile import TextFileError, read_text
 
 Loc = tuple[str | int, ...]
+M = typing.TypeVar("M", bound=BaseModel)
 
 _MERGE = "tag:yaml.org,2002:merge"
 _TEXT_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool")}
@@ -49,6 +53,17 @@ _TYPE_WORDS = {
     "model_attributes_type": "a mapping", "dataclass_type": "a mapping", "none_required": "null",
 }
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+class ProviderTable(Protocol):
+    """The provider registry, as the loader sees it (it lives beside the adapters; engine/ can't import it)."""
+
+    kinds: tuple[str, ...]
+
+    def names(self, kind: str) -> list[str]: ...
+    #: The model of a whole config (``provider`` included) of that name; None when no such provider exists.
+    def options(self, kind: str, name: str | None) -> type[BaseModel] | None: ...
+    def default_options(self, kind: str) -> type[BaseModel]: ...
 
 
 class FlowError(ValueError):
@@ -73,25 +88,27 @@ class Report:
         return not self.errors
 
 
-def load_flow(path: str | os.PathLike[str]) -> Flow:
-    report = check_flow(path)
+def load_flow(path: str | os.PathLike[str], providers: ProviderTable | None = None) -> Flow:
+    report = check_flow(path, providers=providers)
     if report.flow is None:
         raise FlowError(report.errors)
     return report.flow
 
 
-def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Report:
+def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = None,
+               providers: ProviderTable | None = None) -> Report:
     name = str(path)
     try:
         text = read_text(path)
     except TextFileError as exc:
         return Report(name, [str(exc)])
-    return check_text(text, name, env)
+    return check_text(text, name, env, providers)
 
 
-def check_text(text: str, name: str = "<flow>", env: Mapping[str, str] | None = None) -> Report:
+def check_text(text: str, name: str = "<flow>", env: Mapping[str, str] | None = None,
+               providers: ProviderTable | None = None) -> Report:
     try:
-        return _Loader(name, os.environ if env is None else env).run(text)
+        return _Loader(name, os.environ if env is None else env, providers).run(text)
     except RecursionError:  # PyYAML's composer and pydantic both recurse per level of nesting
         return Report(name, [f"{name}: nested too deeply"])
 
@@ -128,8 +145,8 @@ class _TooBig(Exception):
 
 
 class _Loader:
-    def __init__(self, name: str, env: Mapping[str, str]) -> None:
-        self.name, self.env = name, env
+    def __init__(self, name: str, env: Mapping[str, str], providers: ProviderTable | None) -> None:
+        self.name, self.env, self.providers = name, env, providers
         self.errors: list[_Issue] = []
         self.warnings: list[_Issue] = []
         self.unbuilt: set[Loc] = set()  # values kept as written (a failed ${VAR}, a bad tag)
@@ -168,7 +185,8 @@ class _Loader:
             expanded = " once aliases are expanded" if len(self.built) < self.count else ""
             return Report(self.name, [f"{self.name}: too large: over {_MAX_NODES} YAML nodes{expanded} "
                                       "(a flow is a few hundred)"])
-        flow = self.validate(data)
+        self.check_providers(data)  # first: it turns plain scalars into text where an option wants a string
+        flow = self.validate(Flow, data)
         Checks(data, self.error, self.warn).run()
         # a value that couldn't be built stays as written: only the error that says why is worth showing
         errors = [i for i in self.errors if i.primary or i.loc not in self.unbuilt]
@@ -276,21 +294,41 @@ class _Loader:
 
     # ------------------------------------------------------------------------------------ pydantic
 
-    def validate(self, data: dict[str, Any]) -> Flow | None:
+    def validate(self, model: type[M], data: dict[str, Any], at: Loc = ()) -> M | None:
+        """Validate ``data`` (found at ``at`` in the file) as ``model``; errors go to their positions."""
         for _ in range(4):  # each pass turns plain scalars into their text where a string was wanted
             try:
-                return Flow.model_validate(data)
+                return model.model_validate(data)
             except ValidationError as exc:
                 errors = exc.errors(include_url=False)
-            if not any([self.as_text(data, e) for e in errors if e["type"] == "string_type"]):
+            if not any([self.as_text(data, e, model, at) for e in errors if e["type"] == "string_type"]):
                 break
-        for path, message in _collapse(errors):
-            self.error(path, message)
+        for path, message in _collapse(errors, model):
+            self.error((*at, *path), message)
         return None
 
-    def as_text(self, data: Any, err: Mapping[str, Any]) -> bool:
-        path = _walk(err["loc"])[0]
-        node, _ = self.locate(path)
+    def check_providers(self, data: dict[str, Any]) -> None:
+        """Each provider config against the table: a known name, and the options that provider takes (an
+        unknown name's options are checked as the default provider's, so one run reports everything)."""
+        if self.providers is None:
+            return
+        for kind in self.providers.kinds:
+            config = data.get(kind)
+            if not isinstance(config, dict):
+                continue  # not a mapping: Flow's own validation says so
+            name = config.get("provider")
+            model = self.providers.options(kind, name if isinstance(name, str) or name is None else str(name))
+            if model is None:
+                known = self.providers.names(kind)
+                close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.error((kind, "provider"), "must be one of: " + ", ".join(known) + hint)
+                model = self.providers.default_options(kind)
+            self.validate(model, config, (kind,))  # plain scalars made text here stay so in the flow
+
+    def as_text(self, data: Any, err: Mapping[str, Any], model: type[BaseModel], at: Loc) -> bool:
+        path = _walk(err["loc"], model)[0]
+        node, _ = self.locate((*at, *path))
         if not (path and isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in _TEXT_TAGS):
             return False
         for step in path[:-1]:
@@ -371,9 +409,9 @@ def _fields(tp: Any) -> dict[str, Any] | None:
     return None
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[Loc, list[tuple[int, str]], Any]:
-    """Follow a pydantic ``loc`` through Flow's types: the data path, the union tags met, the parent type."""
-    tp: Any = Flow
+def _walk(loc: tuple[Any, ...], root: Any) -> tuple[Loc, list[tuple[int, str]], Any]:
+    """Follow a pydantic ``loc`` through the model's types: the data path, the union tags met, the parent type."""
+    tp: Any = root
     path: list[str | int] = []
     tags: list[tuple[int, str]] = []
     parent: Any = None
@@ -427,12 +465,12 @@ def _message(err: Mapping[str, Any], parent: Any, path: Loc) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def _collapse(errors: list[Any]) -> list[tuple[Loc, str]]:
+def _collapse(errors: list[Any], root: Any) -> list[tuple[Loc, str]]:
     """One message per problem: of a union's members, keep the ones the value had the shape of."""
     plain: list[tuple[Loc, str]] = []
     unions: dict[Loc, dict[str, list[tuple[Loc, str, bool]]]] = {}
     for err in errors:
-        path, tags, parent = _walk(err["loc"])
+        path, tags, parent = _walk(err["loc"], root)
         msg = _message(err, parent, path)
         if not tags:
             plain.append((path, msg))

@@ -117,6 +117,10 @@ class CallMachine(TurnLogic):
                 handler(event)
         return event, self.out
 
+    @property
+    def ended(self) -> bool:
+        return self.state == _E
+
     # ------------------------------------------------------------------------------- primitives
 
     def emit(self, cls: type[ev.Effect], **fields: Any) -> ev.Effect:

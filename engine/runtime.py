@@ -52,6 +52,8 @@ class Providers:
     tools: Tools
     vad: Callable[[], Vad]
     tts_fallback: Tts | None = None
+    #: Ask the STT for its final when the local VAD hears the caller stop (the provider's own option).
+    finalize_on_vad_stop: bool = True
 
     async def aclose(self) -> None:
         """Close the shared clients (HTTP sessions) of the adapters that have them."""
@@ -151,7 +153,7 @@ class LiveCall:
         elif change == "stop":
             end = self.vad.stop_ms
             self.emit(ev.SpeechStopped(t_ms=0, end_ms=None if end is None else min(end, self.now_ms())))
-            if self.flow.stt.finalize_on_vad_stop:
+            if self.p.finalize_on_vad_stop:
                 self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
         self.stt_audio.put_nowait(mulaw)
 

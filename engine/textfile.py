@@ -24,5 +24,5 @@ def read_text(path: str | os.PathLike[str], limit: int = MAX_BYTES) -> str:
         raise TextFileError(f"{name}: too large (over {limit // 1024} KiB); is this the right file?")
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TextFileError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise TextFileError(f"{name}: not UTF-8 text") from None

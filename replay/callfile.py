@@ -26,17 +26,19 @@ class CallFile:
     call_id: str
     flow: Flow
     events: list[ev.Event]
+    outcome: str | None = None
 
 
-def dump(call_id: str, flow: Flow, events: list[ev.Event]) -> str:
-    head = json.dumps({"flow": flow.model_dump(mode="json"), "call_id": call_id}, ensure_ascii=False)
+def dump(call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None) -> str:
+    head = json.dumps({"flow": flow.model_dump(mode="json"), "call_id": call_id,
+                       **({"outcome": outcome} if outcome else {})}, ensure_ascii=False)
     return "\n".join([head, *(ev.dumps(call_id, e) for e in events)]) + "\n"
 
 
-def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event]) -> None:
+def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(dump(call_id, flow, events), encoding="utf-8")
+    p.write_text(dump(call_id, flow, events, outcome), encoding="utf-8")
 
 
 def load(path: str | Path) -> CallFile:
@@ -49,6 +51,8 @@ def load(path: str | Path) -> CallFile:
         raise CallFileError(f"{p}: empty; line 1 must be {{\"flow\": ...}}")
     try:
         head = json.loads(lines[0])
+        if not isinstance(head, dict):
+            raise TypeError("line 1 is not an object")
         flow = Flow.model_validate(head["flow"])
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise CallFileError(f"{p}:1: expected {{\"flow\": ...}} ({exc})") from None
@@ -63,4 +67,6 @@ def load(path: str | Path) -> CallFile:
         except ev.EventError as exc:
             raise CallFileError(f"{p}:{n}: {exc}") from None
     call_id = head.get("call_id") or (json.loads(lines[1]).get("call_id") if len(lines) > 1 else None) or p.stem
-    return CallFile(call_id=str(call_id), flow=flow, events=events)
+    outcome = head.get("outcome")
+    return CallFile(call_id=str(call_id), flow=flow, events=events,
+                    outcome=outcome if isinstance(outcome, str) else None)

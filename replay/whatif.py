@@ -4,7 +4,8 @@ Rules (design.md, Replay):
 - The caller's side keeps its logged times: speech, transcripts, DTMF, a hang-up by the caller.
 - Agent-side answers keep their logged latency from their cause and move with it: LLM output from its
   StartLlm, TTS audio from its Speak, a tool result from its CallTool. Timers fire at the new SetTimer's
-  ``at_ms``; marks echo when the phone model (engine/offline.py's) has played the audio before them.
+  ``at_ms``; marks echo when the phone (sim/world.py, shared with the offline driver) has played the audio
+  before them.
 - New effects match logged ones by order within their kind: the k-th StartLlm of the what-if is answered
   as the k-th logged one was, if their messages are equal; failing that, by a logged request with equal
   messages. Speaks match on text, CallTools on name and arguments.
@@ -17,7 +18,6 @@ Rules (design.md, Replay):
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import statistics
 from collections import Counter
@@ -29,6 +29,7 @@ from engine.flow import Flow
 from engine.machine import CallMachine
 from engine.playback import MS_PER_CHAR
 from replay.turns import steps, takes_turn
+from sim.world import CANCELS, World
 
 CALLER_SIDE = (ev.CallStarted, ev.SpeechStarted, ev.SpeechStopped, ev.Transcript, ev.UtteranceEnd, ev.Dtmf,
                ev.ProviderNotice, ev.CallEnded)
@@ -38,7 +39,6 @@ ANSWERS: dict[type, tuple[type, ...]] = {
     ev.CallTool: (ev.ToolResult,),
 }
 FINAL = (ev.LlmDone, ev.LlmError, ev.TtsDone, ev.TtsError, ev.ToolResult)
-CANCELS = (ev.CancelLlm, ev.CancelTts, ev.CancelTool, ev.CancelTimer)
 NEW = 1 << 40  # rank of an event with no logged counterpart: after the logged ones at the same instant
 
 
@@ -52,15 +52,12 @@ class WhatIfResult:
     stopped_at: int | None = None
 
 
-@dataclass(order=True)
-class _Pending:
-    t_ms: int
-    rank: int
-    order: int
-    event: ev.Input | None = field(compare=False)
-    tag: int | None = field(compare=False, default=None)  # the new effect it answers (for cancellation)
-    need: tuple[ev.Effect, str] | None = field(compare=False, default=None)  # the log has no answer
-    estimate: ev.Speak | None = field(compare=False, default=None)  # audio made up from this Speak's text
+@dataclass(frozen=True)
+class _Need:
+    """A pending stop: the log has no answer for ``effect``."""
+
+    effect: ev.Effect
+    why: str
 
 
 class _Logged:
@@ -131,11 +128,7 @@ class WhatIf:
         self.logged = _Logged(log)
         self.machine = CallMachine(flow, call_id=call_id)
         self.result = WhatIfResult(flow=flow, log=[])
-        self.queue: list[_Pending] = []
-        self.order = itertools.count()
-        self.cancelled: set[int] = set()
-        self.play_end = 0
-        self.marks: list[tuple[int, ev.SendMark, int]] = []  # (echo time, mark, rank) pending on the phone
+        self.world = World()
         chunks = Counter(a.duration_ms for x in self.logged.effects.get(ev.Speak, [])
                          for a in self.logged.answers.get(x.seq, []) if isinstance(a, ev.TtsAudio))
         self.chunk_ms = chunks.most_common(1)[0][0] if chunks else 200
@@ -143,48 +136,35 @@ class WhatIf:
         self.tts_gap = int(statistics.median(self.logged.offsets(ev.Speak, False) or [self.chunk_ms // 5]))
 
     def at(self, t_ms: int, event: ev.Input | None, rank: int = NEW, tag: int | None = None,
-           need: tuple[ev.Effect, str] | None = None, estimate: ev.Speak | None = None) -> None:
-        heapq.heappush(self.queue, _Pending(t_ms, rank, next(self.order), event, tag, need, estimate))
+           note: _Need | ev.Speak | None = None) -> None:
+        """``note``: a _Need stops the what-if there; a Speak marks audio estimated from its text."""
+        self.world.at(t_ms, event, rank=rank, tag=tag, note=note)
 
     def run(self) -> WhatIfResult:
         for e in self.logged.caller:
             self.at(e.t_ms, replace(e, seq=0), rank=e.seq)
         limit = self.flow.turn_taking.max_call_ms + 60_000
-        while self.queue and self.machine.state != "ended":
-            p = heapq.heappop(self.queue)
-            if p.t_ms > limit:
+        while not self.machine.ended and (p := self.world.next(limit)) is not None:
+            if isinstance(p.note, _Need):
+                self.stop(p.t_ms, p.note.effect, p.note.why)
                 break
-            if p.tag is not None and p.tag in self.cancelled:
-                continue
-            if p.need is not None:
-                self.stop(p.t_ms, *p.need)
-                break
-            assert p.event is not None
-            if p.estimate is not None and p.estimate.seq not in self.result.estimated:
-                self.estimated(p.estimate)
-            stamped, effects = self.machine.step(replace(p.event, t_ms=p.t_ms))
+            if isinstance(p.note, ev.Speak) and p.note.seq not in self.result.estimated:
+                self.estimated(p.note)
+            stamped, effects = self.world.feed(self.machine, p)
             self.result.log.append(stamped)
             for x in effects:
                 self.result.log.append(x)
                 self.carry_out(x)
-        if self.machine.state != "ended" and self.result.stopped is None:
-            stamped, effects = self.machine.step(ev.CallEnded(t_ms=self.machine.now, reason="whatif_end"))
-            self.result.log += [stamped, *effects]
+        if self.result.stopped is None:
+            self.result.log += self.world.finish(self.machine, "whatif_end")
         return self.result
 
     # ---------------------------------------------------------------------------------- the world
 
     def carry_out(self, x: ev.Effect) -> None:
-        t = x.t_ms
+        if self.world.carry_out(x, self.rank(x)):
+            return
         match x:
-            case ev.SetTimer():
-                logged = self.logged.match(x, lambda y: y.at_ms - y.t_ms == x.at_ms - x.t_ms,  # type: ignore[attr-defined]
-                                          fallback=False)
-                fired = next((a for a in self.logged.answers.get(logged.seq, [])), None) if logged else None
-                self.at(x.at_ms, x.fired(t_ms=0), rank=fired.seq if fired else NEW, tag=x.seq)
-            case ev.CancelLlm() | ev.CancelTts() | ev.CancelTool() | ev.CancelTimer():
-                if x.cause is not None:
-                    self.cancelled.add(x.cause)
             case ev.StartLlm():
                 logged = self.logged.match(x, lambda y: y.messages == x.messages)  # type: ignore[attr-defined]
                 self.answer(x, logged, "an LLM answer")
@@ -194,24 +174,22 @@ class WhatIf:
             case ev.Speak():
                 logged = self.logged.match(x, lambda y: y.text == x.text)  # type: ignore[attr-defined]
                 self.synthesize(x, logged)
-            case ev.SendAudio():
-                self.play_end = max(self.play_end, t) + x.duration_ms
-            case ev.SendMark():
-                logged = self.logged.match(x, lambda y: True, fallback=False)
-                echo = next(iter(self.logged.answers.get(logged.seq, [])), None) if logged else None
-                rank = echo.seq if echo else NEW
-                self.marks = [m for m in self.marks if m[0] > t]
-                self.marks.append((self.play_end, x, rank))
-                self.at(self.play_end, ev.PlaybackMark(t_ms=0, name=x.name, cause=x.seq), rank=rank, tag=-x.seq)
-            case ev.ClearPlayback():
-                for echo_t, mark, rank in self.marks:
-                    if echo_t > t:  # Twilio echoes every pending mark at once after a clear
-                        self.cancelled.add(-mark.seq)
-                        self.at(t, ev.PlaybackMark(t_ms=0, name=mark.name, cause=mark.seq), rank=rank)
-                self.marks = []
-                self.play_end = t
             case _:
                 pass
+
+    def rank(self, x: ev.Effect) -> int:
+        """Where the world's answer to a timer or a mark ranks at its instant: as the logged answer of the
+        logged effect it matches (so ties keep the log's order), else after the logged ones."""
+        match x:
+            case ev.SetTimer():
+                logged = self.logged.match(x, lambda y: y.at_ms - y.t_ms == x.at_ms - x.t_ms,  # type: ignore[attr-defined]
+                                          fallback=False)
+            case ev.SendMark():
+                logged = self.logged.match(x, lambda y: True, fallback=False)
+            case _:
+                return NEW
+        answer = next(iter(self.logged.answers.get(logged.seq, [])), None) if logged else None
+        return answer.seq if answer else NEW
 
     def replay_answers(self, x: ev.Effect, logged: ev.Effect) -> list[ev.Input]:
         answers = self.logged.answers.get(logged.seq, [])
@@ -227,8 +205,8 @@ class WhatIf:
                 return
             known = max([self.logged.known_until(logged.seq), *(a.t_ms for a in answers)])
             why = f"the logged request #{logged.seq} got no full answer in its {known - logged.t_ms} ms"
-            self.at(x.t_ms + known - logged.t_ms, None, tag=x.seq, need=(x, f"needs {what} the log does not have "
-                                                                          f"({why})"))
+            self.at(x.t_ms + known - logged.t_ms, None, tag=x.seq,
+                    note=_Need(x, f"needs {what} the log does not have ({why})"))
             return
         kind = type(x)
         n = len(self.logged.effects.get(kind, []))
@@ -237,7 +215,7 @@ class WhatIf:
         why = f"the log has only {n} {noun}" if k > n else f"request {k} matches none of the {n} logged " + (
             "requests: its messages differ" if kind is ev.StartLlm else "tool calls: its arguments differ")
         wait = min(self.logged.offsets(kind, True), default=0)  # the soonest it could have mattered
-        self.at(x.t_ms + wait, None, tag=x.seq, need=(x, f"needs {what} the log does not have ({why})"))
+        self.at(x.t_ms + wait, None, tag=x.seq, note=_Need(x, f"needs {what} the log does not have ({why})"))
 
     def synthesize(self, x: ev.Speak, logged: ev.Effect | None) -> None:
         """Logged audio where the log has it; the rest estimated from the text."""
@@ -255,10 +233,10 @@ class WhatIf:
         left = max(self.chunk_ms if not sent else 0, len(x.text) * MS_PER_CHAR - sent)
         while left > 0:
             chunk = min(self.chunk_ms, left)
-            self.at(t, ev.TtsAudio(t_ms=0, cause=x.seq, duration_ms=chunk), tag=x.seq, estimate=x)
+            self.at(t, ev.TtsAudio(t_ms=0, cause=x.seq, duration_ms=chunk), tag=x.seq, note=x)
             left -= chunk
             t += self.tts_gap
-        self.at(t, ev.TtsDone(t_ms=0, cause=x.seq), tag=x.seq, estimate=x)
+        self.at(t, ev.TtsDone(t_ms=0, cause=x.seq), tag=x.seq, note=x)
 
     def estimated(self, x: ev.Speak) -> None:
         self.result.estimated.append(x.seq)

@@ -347,7 +347,7 @@ def test_attack_04_a_webhook_redirect_to_another_host_gets_no_credentials(tmp_pa
             return web.json_response({"stolen": True})
 
         async def moved(request: web.Request) -> web.Response:
-            raise web.HTTPTemporaryRedirect(str(request.app["to"]))
+            raise web.HTTPTemporaryRedirect(target)
 
         b = web.Application()
         b.router.add_route("*", "/steal", other)
@@ -355,8 +355,8 @@ def test_attack_04_a_webhook_redirect_to_another_host_gets_no_credentials(tmp_pa
         await rb.setup()
         sb = web.TCPSite(rb, "127.0.0.1", 0)
         await sb.start()
+        target = f"http://127.0.0.1:{sb._server.sockets[0].getsockname()[1]}/steal"  # type: ignore[union-attr]
         a = web.Application()
-        a["to"] = f"http://127.0.0.1:{sb._server.sockets[0].getsockname()[1]}/steal"  # type: ignore[union-attr]
         a.router.add_post("/tool", moved)
         ra = web.AppRunner(a)
         await ra.setup()

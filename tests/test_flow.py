@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from callstate import providers
 from callstate.cli import main
 from callstate.commands import graph
+from callstate.flows import check_flow, check_text, load_flow
 from engine import policy
 from engine.flow import DEFAULT_FLOW, Flow, Tool, ToolRoute
-from engine.flowload import check_flow, check_text, load_flow
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p.relative_to(ROOT) for p in (ROOT / "flows").glob("*.yaml"))
@@ -45,9 +46,10 @@ def test_example_validates_without_errors_or_warnings(path: Path) -> None:
     assert (report.errors, report.warnings) == ([], [])
     flow = report.flow
     assert flow is not None
-    assert (flow.llm.provider, flow.llm.model) == ("groq", "openai/gpt-oss-20b")
-    assert (flow.stt.provider, flow.stt.model) == ("deepgram", "nova-3")
-    assert (flow.tts.provider, flow.tts.voice) == ("deepgram", "aura-2-thalia-en")
+    llm, stt, tts = (providers.options(k, getattr(flow, k)) for k in ("llm", "stt", "tts"))
+    assert (flow.llm.provider, llm.model) == ("groq", "openai/gpt-oss-20b")
+    assert (flow.stt.provider, stt.model) == ("deepgram", "nova-3")
+    assert (flow.tts.provider, tts.voice) == ("deepgram", "aura-2-thalia-en")
     assert flow.local.caller and flow.local.replies  # runs offline with the scripted providers
 
 
@@ -179,6 +181,8 @@ def test_schema_is_json_schema_of_the_flow(capsys: pytest.CaptureFixture[str], t
     assert set(Flow.model_fields) == set(schema["properties"])
     assert schema["required"] == ["name"]
     assert schema["additionalProperties"] is False
+    llm = schema["properties"]["llm"]["oneOf"]  # one variant per provider of the registry
+    assert [v["properties"]["provider"] for v in llm] == [{"enum": ["groq", None]}, {"const": "local"}]
     assert run_cli(capsys, "schema", "-o", str(tmp_path / "flow.json"))[0] == 0
     assert json.loads((tmp_path / "flow.json").read_text()) == schema
 
@@ -209,7 +213,7 @@ def test_render_states_expands_lists_and_wildcards() -> None:
 def test_graph_prints_states_then_node_flowchart(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(graph, "_machine", lambda: (FAKE_TABLE, "listening"))
-    code, out, _ = run_cli(capsys, "graph", "flows/support_line.yaml")
+    code, out, _ = run_cli(capsys, "graph", "--only", "all", "flows/support_line.yaml")
     assert code == 0
     states, nodes = out.split("\n\n")
     assert states == graph.render_states(FAKE_TABLE, "listening")

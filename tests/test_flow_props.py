@@ -12,25 +12,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from callstate import providers as registry
+from callstate.flows import check_text, load_flow
 from engine import flow as flow_module
 from engine import policy
 from engine.flow import (
     DelayMessage,
     Fallback,
     Flow,
-    LlmConfig,
     LocalScript,
     Node,
+    ProviderConfig,
     ScriptedReply,
-    SttConfig,
     Tool,
     ToolMessages,
     ToolRoute,
     TransferAction,
-    TtsConfig,
     Webhook,
 )
-from engine.flowload import check_text, dump_flow, load_flow
+from engine.flowload import dump_flow
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -81,6 +81,13 @@ def tool(text: st.SearchStrategy[str]) -> st.SearchStrategy[Tool]:
                      target, text, params, messages)
 
 
+tts_names = st.none() | st.sampled_from(registry.names("tts"))
+
+
+def configs(*options: st.SearchStrategy[dict[str, Any]]) -> st.SearchStrategy[ProviderConfig]:
+    return st.one_of(*options).map(lambda d: ProviderConfig(**d))
+
+
 @st.composite
 def flows(draw: st.DrawFn, dollars: bool = True) -> Flow:
     text = texts(dollars)
@@ -108,14 +115,18 @@ def flows(draw: st.DrawFn, dollars: bool = True) -> Flow:
                         arguments=st.dictionaries(names, text | st.integers() | st.booleans(), max_size=2))
     fields: dict[str, Any] = {
         "greeting": st.none() | text, "system": text, "goodbye": text,
-        "llm": st.builds(LlmConfig, provider=st.sampled_from(["groq", "local"]), model=text,
-                         temperature=st.floats(0, 2), max_tokens=st.integers(1, 4096)),
-        "stt": st.builds(SttConfig, provider=st.sampled_from(["deepgram", "local"]), keyterms=st.lists(text),
-                         endpointing_ms=st.integers(10, 5000), utterance_end_ms=st.integers(1000, 5000),
-                         finalize_on_vad_stop=st.booleans()),
-        "tts": st.builds(TtsConfig, provider=st.sampled_from(["deepgram", "playht", "local"]), voice=text,
-                         speed=st.floats(0, 4, exclude_min=True),
-                         fallback=st.none() | st.sampled_from(["deepgram", "playht", "local"])),
+        "llm": configs(st.just({"provider": "local"}),
+                       st.fixed_dictionaries({"provider": st.just("groq"), "model": text,
+                                              "temperature": st.floats(0, 2), "max_tokens": st.integers(1, 4096)})),
+        "stt": configs(st.fixed_dictionaries({"provider": st.just("local"), "finalize_on_vad_stop": st.booleans()}),
+                       st.fixed_dictionaries({"provider": st.just("deepgram"), "keyterms": st.lists(text),
+                                              "endpointing_ms": st.integers(10, 5000),
+                                              "utterance_end_ms": st.integers(1000, 5000),
+                                              "finalize_on_vad_stop": st.booleans()})),
+        "tts": configs(st.fixed_dictionaries({"provider": st.just("local"), "fallback": tts_names}),
+                       st.fixed_dictionaries({"provider": st.just("deepgram"), "voice": text, "fallback": tts_names}),
+                       st.fixed_dictionaries({"provider": st.just("playht"), "voice": text,
+                                              "speed": st.floats(0, 4, exclude_min=True), "fallback": tts_names})),
         "turn_taking": turn_taking(text),
         "fillers": st.lists(text, max_size=3), "reprompts": st.lists(text, max_size=3),
         "fallback": st.builds(Fallback, llm=text, tool=text),
@@ -150,7 +161,7 @@ def test_plain_safe_dump_of_every_field_loads_back_unchanged(scratch: Path, flow
 
 def _vocabulary() -> list[str]:
     """Every key the schema knows (and a few it doesn't), so generated documents reach the nested models."""
-    classes = [c for m in (flow_module, policy) for c in vars(m).values() if isinstance(c, type)]
+    classes = [c for m in (flow_module, policy, registry) for c in vars(m).values() if isinstance(c, type)]
     names = {n for c in classes if isinstance(c, type) and issubclass(c, BaseModel) for n in c.model_fields}
     names |= {f.name for c in classes if dataclasses.is_dataclass(c) for f in dataclasses.fields(c)}
     return sorted(names | {"webhook", "endpointng", "1", "12", "goto"})

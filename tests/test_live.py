@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from adapters.audio import load_fixture
+from callstate.flows import load_flow
 from callstate.providers import build_providers
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine import events as ev
 from engine.flow import Flow
-from engine.flowload import load_flow
 from engine.store import SqliteStore
 from replay import invariants
 from replay.reproduce import reproduce

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from engine import events as ev
 from engine.flow import Flow, ScriptedReply
 from engine.machine import CallMachine
-from engine.offline import OfflineCall
-from engine.script import CallerTurn, CallScript, CannedTool, Latency
 from engine.store import MemoryStore
 from replay import invariants
 from replay.reproduce import reproduce
 from replay.turns import steps
+from sim.offline import OfflineCall
+from sim.script import CallerTurn, CallScript, CannedTool, Latency
 
 #: 500 in CI (the floor the project set); CALLSTATE_EXAMPLES=5000 for a deep run.
 EXAMPLES = int(os.environ.get("CALLSTATE_EXAMPLES", "500"))

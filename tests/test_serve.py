@@ -13,11 +13,11 @@ import pytest
 
 from adapters.audio import load_fixture
 from callstate.cli import main
+from callstate.flows import load_flow
 from callstate.providers import build_providers, missing_keys
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine import events as ev
-from engine.flowload import load_flow
 from engine.store import SqliteStore
 from replay.reproduce import reproduce
 

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from callstate.cli import main
 from callstate.logs import load_call
 from engine import events as ev
-from engine.offline import OfflineCall
 from engine.playback import MS_PER_CHAR
 from replay.overrides import OverrideError, apply_sets
 from replay.turns import turns
 from replay.whatif import CALLER_SIDE, what_if
+from sim.offline import OfflineCall
 from tests.callhelper import BARGE_AND_TOOL, FILLER_AND_RESUME, SHIPMENT, make_call
 from tests.test_properties import calls
 

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
+from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
 from engine.events import CallTool, ToolResult
-from engine.offline import OfflineCall, OfflineResult
-from engine.script import ScriptError, load_script
 from engine.store import SqliteStore, StoreError
+from replay.timeline import tool_failure
+from replay.words import plural
+from sim.offline import OfflineCall, OfflineResult
+from sim.script import ScriptError, load_script
 
 HELP = "run a scripted call offline, log it to the DB, print transcript and latencies"
 
@@ -45,8 +48,10 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
             result = await runner.call(effect)
             return result, int((time.monotonic() - started) * 1000)
 
+        stt = stt_options(flow)
         call = OfflineCall(flow, script, call_id=call_id, tool_runner=timed,
-                           on_event=lambda e: store.append(call_id, e))
+                           on_event=lambda e: store.append(call_id, e),
+                           finalize_on_vad_stop=stt.finalize_on_vad_stop, stt_endpointing_ms=stt.own_endpointing_ms)
         result = await call.run()
         store.close_call(call_id, outcome=result.outcome, ended_t_ms=result.log[-1].t_ms,
                          turns=call.machine.turn_count)
@@ -66,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(transcript(flow, result.log)))  # type: ignore[arg-type]
     print()
     print("\n".join(turn_table(turns(flow, result.log))))  # type: ignore[arg-type]
-    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}) to {args.db}")
+    results = [e for e in result.log if isinstance(e, ToolResult)]
+    failed = [e for e in results if not e.ok]
+    for e in failed:  # also on stderr, in full: a tool that failed is the first thing to fix
+        print(f"warning: tool {e.name} failed: {tool_failure(e.error, e.body)}", file=sys.stderr)
+    tools = f", {len(failed)} of {plural(len(results), 'tool call')} failed" if failed else ""
+    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}{tools}) to {args.db}")
     print(f"replay it: engine replay {call_id} --db {args.db}")
     return 0

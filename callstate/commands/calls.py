@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DEFAULT_DB, open_readonly
-from callstate.logsafe import printable
+from callstate.logs import DEFAULT_DB, add_since, open_readonly
+from callstate.logsetup import printable
 from engine.store import StoreError
+from replay.words import width
 
 HELP = "list logged calls (id, start, duration, turns, outcome)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
-    p.add_argument("--since", help="only calls started at or after this ISO time")
+    add_since(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,11 +26,13 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{'call':<18} {'started':<26} {'flow':<18} {'duration':>9} {'turns':>5}  outcome")
-    for r in rows:
+    # Ids and names come from callers and files: escaped and cut, so a log can't forge lines or repaint a terminal
+    shown = [(printable(r.call_id, 80), printable(r.started_at, 40), printable(r.flow, 40),
+              printable(r.outcome or r.status, 40), r) for r in rows]
+    cw, fw = width("call", (s[0] for s in shown)), width("flow", (s[2] for s in shown))
+    print(f"{'call':<{cw}} {'started':<29} {'flow':<{fw}} {'duration':>9} {'turns':>5}  outcome")
+    for call_id, started, flow, outcome, r in shown:
         dur = "-" if r.duration_ms is None else f"{r.duration_ms / 1000:.1f}s"
-        # Ids and names come from callers and files: escaped, so a log can't repaint the terminal
-        call_id, started, flow = printable(r.call_id, 80), printable(r.started_at, 40), printable(r.flow, 40)
-        print(f"{call_id:<18} {started:<26} {flow:<18} {dur:>9} {r.turns if r.turns is not None else '-':>5}"
-              f"  {printable(r.outcome or r.status, 40)}")
+        print(f"{call_id:<{cw}} {started:<29} {flow:<{fw}} {dur:>9} "
+              f"{r.turns if r.turns is not None else '-':>5}  {outcome}")
     return 0

@@ -16,10 +16,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
 
 
+def provider_schema(kind: str) -> dict[str, Any]:
+    """One variant per provider of this kind (callstate/providers.py); only the default may omit its name."""
+    from callstate.providers import DEFAULTS, PROVIDERS
+
+    variants = []
+    for (k, name), row in PROVIDERS.items():
+        if k == kind:
+            variant = row.options.model_json_schema()
+            default = name == DEFAULTS[kind]  # type: ignore[index]
+            variant["properties"]["provider"] = {"enum": [name, None]} if default else {"const": name}
+            if not default:
+                variant["required"] = ["provider"]
+            variants.append(variant)
+    return {"oneOf": variants}
+
+
 def flow_schema() -> dict[str, Any]:
+    from callstate.providers import KINDS
     from engine.flow import Flow
 
     schema = Flow.model_json_schema()
+    for kind in KINDS:
+        schema["properties"][kind] = provider_schema(kind)
+    schema.get("$defs", {}).pop("ProviderConfig", None)
     # $schema/$id first: editors read them to pick the draft and to cache the schema
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
             **schema, "title": "callstate flow",

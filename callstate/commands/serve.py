@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 
 from adapters.twilio import StreamLimits
-from callstate import logsafe
+from callstate import logsetup
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DEFAULT_DB
 from callstate.providers import build_providers, missing_keys
@@ -19,18 +19,20 @@ from callstate.server import Limits
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
+LOG_LEVEL = "info"  # a server says what it does: one line per call started and ended
 log = logging.getLogger("callstate.serve")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
-    p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
-                   "default: from the Host / X-Forwarded-* headers")
+    p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); default: the "
+                   "request's Host (X-Forwarded-Proto/-Host only from a --trusted-proxy)")
     p.add_argument("--insecure-skip-signature", action="store_true",
-                   help="accept requests without a valid X-Twilio-Signature (local work only)")
+                   help="accept requests without a valid X-Twilio-Signature (local work only; without it, "
+                   "serve refuses to start unless TWILIO_AUTH_TOKEN is set)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
     p.add_argument("--trusted-proxy", action="append", default=[], metavar="IP",
                    help="a reverse proxy (e.g. 127.0.0.1 for ngrok) whose X-Forwarded-Proto/-Host are believed; "
@@ -43,7 +45,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    formatter = logsafe.setup()
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
@@ -56,14 +57,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
+    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+        # Safe by default: without the token anyone who finds the port could place calls and stream audio.
+        print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
+              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
+              "work (`engine demo` needs neither)", file=sys.stderr)
+        return 1
     try:
-        return asyncio.run(_serve(args, flow, formatter))
+        return asyncio.run(_serve(args, flow))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(args: argparse.Namespace, flow, formatter: logsafe.SafeFormatter) -> int:  # type: ignore[no-untyped-def]
+async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
     from callstate.server import Server, start
     from engine.store import SqliteStore
@@ -71,8 +78,6 @@ async def _serve(args: argparse.Namespace, flow, formatter: logsafe.SafeFormatte
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
-    elif token is None:
-        log.warning("!!! TWILIO_AUTH_TOKEN is not set: Twilio request signatures are NOT checked.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
     if rest is None:
@@ -91,7 +96,7 @@ async def _serve(args: argparse.Namespace, flow, formatter: logsafe.SafeFormatte
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
-    formatter.redact = server.redact
+    logsetup.mask(server.redact)  # no secret in the console either
     server.guard.fit_file_limit()
     try:
         runner, port = await start(server, args.host, args.port)

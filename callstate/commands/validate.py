@@ -13,7 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.flowload import check_flow
+    from callstate.flows import check_flow
 
     failed = False
     for path in args.flows:

@@ -2,9 +2,8 @@
 
 Rules:
 - The world answers the machine's effects the way the real services would, in virtual time: the LLM
-  streams tokens after its first-token latency, TTS yields chunks after its first byte, the phone plays
-  audio in real time and echoes each mark when the audio before it has played, a clear echoes every
-  pending mark at once (Twilio's documented behaviour).
+  streams tokens after its first-token latency, TTS yields chunks after its first byte; the clock, timers
+  and the phone line are sim/world.py's, shared with what-if replay.
 - Tools listed in the script are canned; any other tool runs for real through ``tool_runner`` (an HTTP
   webhook on loopback, say); the runner reports its wall-clock latency, which is carried into virtual time.
 - The log it returns is the call's whole record; ``engine replay`` reproduces it from the inputs alone.
@@ -12,16 +11,17 @@ Rules:
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
+from adapters.scripted import reply_tokens, reply_tool_call, scripted_reply
 from engine import events as ev
 from engine.flow import Flow, ScriptedReply
 from engine.machine import CallMachine
-from engine.script import CallerTurn, CallScript, CannedTool, reply_tokens, reply_tool_call, scripted_reply, speech_ms
+from engine.playback import MS_PER_CHAR
+from sim.script import CallerTurn, CallScript, CannedTool, speech_ms
+from sim.world import World
 
 #: Runs one tool for real and says how long it took (ms): the caller owns the clock, this driver never reads one.
 ToolRunner = Callable[[ev.CallTool], Awaitable[tuple[ev.ToolResult, int]]]
@@ -34,32 +34,24 @@ class OfflineResult:
     outcome: str
 
 
-@dataclass(order=True)
-class _Pending:
-    t_ms: int
-    order: int
-    event: ev.Input = field(compare=False)
-    tag: int | None = field(compare=False, default=None)  # the effect it answers, for cancellation
-
-
 class OfflineCall:
     def __init__(self, flow: Flow, script: CallScript, *, call_id: str = "offline",
                  tool_runner: ToolRunner | None = None,
-                 on_event: Callable[[ev.Event], None] | None = None) -> None:
+                 on_event: Callable[[ev.Event], None] | None = None,
+                 finalize_on_vad_stop: bool = True, stt_endpointing_ms: int = 0) -> None:
+        """``finalize_on_vad_stop`` and ``stt_endpointing_ms`` model the flow's STT (the registry's
+        options): its final comes after the VAD stop, else after its own endpointing."""
         self.flow, self.script, self.lat = flow, script, script.latency
         self.machine = CallMachine(flow, call_id=call_id)
         self.tool_runner = tool_runner
         self.on_event = on_event
         self.replies: list[ScriptedReply] = script.replies if script.replies is not None else flow.local.replies
         self.turns = list(script.caller) or [CallerTurn(say=line) for line in flow.local.caller]
-        self.queue: list[_Pending] = []
-        self.order = itertools.count()
-        self.cancelled: set[int] = set()
+        self.finalize_on_vad_stop, self.stt_endpointing_ms = finalize_on_vad_stop, stt_endpointing_ms
+        self.world = World()
         self.log: list[ev.Event] = []
         self.tts_queue: list[ev.Speak] = []
         self.tts_busy_until = 0
-        self.play_end = 0  # when the phone will have played everything queued
-        self.marks: list[tuple[int, ev.SendMark]] = []  # (echo time, mark) still pending on the phone
         self.next_turn = 0
         self.wait_for_agent = False  # after a silent turn: the next one waits for the agent to speak
         self.caller_busy_until = 0
@@ -69,28 +61,21 @@ class OfflineCall:
     # ---------------------------------------------------------------------------------- plumbing
 
     def at(self, t_ms: int, event: ev.Input, tag: int | None = None) -> None:
-        heapq.heappush(self.queue, _Pending(t_ms, next(self.order), event, tag))
+        self.world.at(t_ms, event, tag=tag)
 
     async def run(self) -> OfflineResult:
         self.at(0, ev.CallStarted(t_ms=0, call_sid="CAoffline", stream_sid="MZoffline", seed=self.script.seed))
         limit = self.flow.turn_taking.max_call_ms + 60_000
-        while self.queue and self.machine.state != "ended":
-            p = heapq.heappop(self.queue)
-            if p.tag is not None and p.tag in self.cancelled:
-                continue
-            if p.t_ms > limit:
-                break
-            stamped, effects = self.machine.step(replace(p.event, t_ms=p.t_ms))
+        while not self.machine.ended and (p := self.world.next(limit)) is not None:
+            stamped, effects = self.world.feed(self.machine, p)
             self.record(stamped)
             for effect in effects:
                 self.record(effect)
                 await self.carry_out(effect)
             self.maybe_schedule_caller()
-        if self.machine.state != "ended":
-            stamped, effects = self.machine.step(ev.CallEnded(t_ms=self.machine.now, reason="script_end"))
-            self.record(stamped)
-            for effect in effects:
-                self.record(effect)
+        if not self.machine.ended:
+            for event in self.world.finish(self.machine, "script_end"):
+                self.record(event)
             self.outcome = "script_end"
         return OfflineResult(log=self.log, state=self.machine.state, outcome=self.outcome)
 
@@ -102,32 +87,17 @@ class OfflineCall:
     # ---------------------------------------------------------------------------------- the world
 
     async def carry_out(self, e: ev.Effect) -> None:
-        t, _lat = e.t_ms, self.lat
+        t = e.t_ms
+        if isinstance(e, ev.SendAudio):
+            self.audio_since_turn = True
+        if self.world.carry_out(e):
+            return
         match e:
-            case ev.SetTimer():
-                self.at(e.at_ms, e.fired(), tag=e.seq)
-            case ev.CancelTimer() | ev.CancelLlm() | ev.CancelTts() | ev.CancelTool():
-                if e.cause is not None:
-                    self.cancelled.add(e.cause)
             case ev.StartLlm():
                 self.llm(e)
             case ev.Speak():
                 self.tts_queue.append(e)
                 self.pump_tts(t)
-            case ev.SendAudio():
-                self.play_end = max(self.play_end, t) + e.duration_ms
-                self.audio_since_turn = True
-            case ev.SendMark():
-                self.marks = [(mt, m) for mt, m in self.marks if mt > t]
-                self.marks.append((self.play_end, e))
-                self.at(self.play_end, ev.PlaybackMark(t_ms=0, name=e.name, cause=e.seq), tag=-e.seq)
-            case ev.ClearPlayback():
-                for echo_t, mark in self.marks:
-                    if echo_t > t:  # Twilio echoes every pending mark at once after a clear
-                        self.cancelled.add(-mark.seq)
-                        self.at(t, ev.PlaybackMark(t_ms=0, name=mark.name, cause=mark.seq))
-                self.marks = []
-                self.play_end = t
             case ev.CallTool():
                 await self.tool(e)
             case ev.Hangup() | ev.Transfer():
@@ -151,10 +121,10 @@ class OfflineCall:
         """Synthesize Speaks one at a time, in order, as a streaming TTS connection would."""
         while self.tts_queue:
             s = self.tts_queue.pop(0)
-            if s.seq in self.cancelled:
+            if s.seq in self.world.cancelled:
                 continue
             start = max(now, self.tts_busy_until)
-            total = max(self.lat.tts_chunk_ms, len(s.text) * 65 // 20 * 20)
+            total = max(self.lat.tts_chunk_ms, len(s.text) * MS_PER_CHAR // 20 * 20)
             t = start + self.lat.tts_first_byte_ms
             left = total
             while left > 0:
@@ -180,7 +150,7 @@ class OfflineCall:
 
     def maybe_schedule_caller(self) -> None:
         m, now = self.machine, self.machine.now
-        if self.next_turn >= len(self.turns) or m.state == "ended" or now < self.caller_busy_until:
+        if self.next_turn >= len(self.turns) or m.ended or now < self.caller_busy_until:
             return
         turn = self.turns[self.next_turn]
         if turn.barge_in_after_ms is not None:
@@ -188,7 +158,7 @@ class OfflineCall:
                 self.start_turn(now + turn.barge_in_after_ms)
             return
         idle = (m.state == "listening" and not m.user_pending and not m.caller_speaking
-                and self.play_end <= now and "endpoint" not in m.timers
+                and self.world.play_end <= now and "endpoint" not in m.timers
                 and (self.audio_since_turn or not self.wait_for_agent))
         if idle:
             self.start_turn(now + turn.gap_ms)
@@ -226,8 +196,8 @@ class OfflineCall:
             t += lat.stt_interim_ms
         stop = end + lat.vad_stop_ms
         self.at(stop, ev.SpeechStopped(t_ms=0, end_ms=end))
-        final_at = stop + lat.stt_final_ms if self.flow.stt.finalize_on_vad_stop \
-            else end + self.flow.stt.endpointing_ms + lat.stt_final_ms
+        final_at = stop + lat.stt_final_ms if self.finalize_on_vad_stop \
+            else end + self.stt_endpointing_ms + lat.stt_final_ms
         self.at(final_at, ev.Transcript(t_ms=0, text=text, is_final=True, speech_final=True,
                                         start_ms=t0, end_ms=end))
         return final_at

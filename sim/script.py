@@ -2,20 +2,18 @@
 
 Rules:
 - A script is data (YAML): caller turns, provider latencies, canned tool results, scripted LLM replies.
-- The scripted LLM picks its answer from the request alone (the count of caller and tool messages), so a
-  preemptive request that is cancelled and started again gets the same answer, and replay needs no state.
+- The scripted LLM's replies (``replies``, else the flow's local.replies) are answered by
+  adapters/scripted.py, the same code the live `local` LLM runs.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine import events as ev
 from engine.flow import ScriptedReply
 from engine.textfile import TextFileError, read_text
 
@@ -84,31 +82,6 @@ def load_script(path: str | Path) -> CallScript:
     except ValidationError as exc:
         lines = [f"{p}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise ScriptError("\n".join(lines)) from None
-
-
-def scripted_reply(start: ev.StartLlm, replies: list[ScriptedReply]) -> ScriptedReply:
-    """The answer of a scripted LLM to one request."""
-    answered = sum(1 for m in start.messages if m.role in ("user", "tool")) - 1
-    if 0 <= answered < len(replies):
-        return replies[answered]
-    last_user = next((m.content for m in reversed(start.messages) if m.role == "user" and m.content), "")
-    if not last_user:
-        return ScriptedReply(text="How can I help you?")
-    return ScriptedReply(text=f"I heard: {last_user.rstrip('.?!')}. Is there anything else?")
-
-
-def reply_tokens(reply: ScriptedReply) -> list[str]:
-    """Word-sized tokens, spaces kept, as LLM streams deliver them."""
-    text = reply.text or ""
-    words = text.split(" ")
-    return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words) if w or i < len(words) - 1]
-
-
-def reply_tool_call(reply: ScriptedReply, start_seq: int) -> ev.LlmToolCall | None:
-    if reply.tool is None:
-        return None
-    return ev.LlmToolCall(t_ms=0, cause=start_seq, tool_call_id=f"call_{start_seq}", name=reply.tool,
-                          arguments=json.dumps(reply.arguments, sort_keys=True))
 
 
 def speech_ms(text: str, wpm: int) -> int:
