@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import fakes  # noqa: E402
 from bench.harness import Caller, caller_lines, commit, loadavg  # noqa: E402
+from tests.fakes.base import Routes  # noqa: E402
 
 LINES_PER_CALL = 3
 TOOL_TIMEOUT_MS = 800
@@ -129,20 +130,14 @@ def soak_flow(webhook_url: str) -> str:
     })
 
 
-async def start_webhook(faults: Faults) -> tuple[web.AppRunner, str]:
+def webhook(faults: Faults) -> Routes:
     async def lookup(request: web.Request) -> web.Response:
         if faults.draw("tool_timeout"):
             faults.counts["tool_timeout"] += 1
             await asyncio.sleep(TOOL_TIMEOUT_MS / 1000 + 0.5)
         return web.json_response({"status": "delayed", "eta": "Thursday"})
 
-    app = web.Application()
-    app.router.add_post("/lookup", lookup)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/lookup"  # type: ignore[union-attr]
+    return Routes(("POST", "/lookup", lookup))
 
 
 def proc_sample(pid: int) -> tuple[float, int]:
@@ -164,11 +159,10 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     tool=args.p_tool, tool_timeout=args.p_tool_timeout)
     dg = FaultyDeepgram(faults)
     groq = FaultyGroq(faults)
-    hook_runner, hook_url = await start_webhook(faults)
     db = work / "calls.db"
     flow = work / "soak.json"
-    flow.write_text(soak_flow(hook_url))
-    async with dg, groq:
+    async with dg, groq, webhook(faults) as hook:
+        flow.write_text(soak_flow(f"{hook.url}/lookup"))
         env = {**os.environ, "DEEPGRAM_API_KEY": fakes.API_KEY, "DEEPGRAM_BASE_URL": dg.url,
                "GROQ_API_KEY": fakes.API_KEY, "GROQ_BASE_URL": groq.url, "PYTHONUNBUFFERED": "1"}
         log = (work / "serve.log").open("w")
@@ -226,7 +220,6 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         proc.send_signal(signal.SIGTERM)
         rc = await asyncio.to_thread(proc.wait, 60)
         log.close()
-    await hook_runner.cleanup()
     with sqlite3.connect(db) as raw:
         logged = raw.execute("SELECT count(*) FROM events").fetchone()[0]
         statuses = dict(raw.execute("SELECT status, count(*) FROM calls GROUP BY status").fetchall())

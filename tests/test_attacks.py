@@ -28,6 +28,7 @@ from callstate.simcaller import CallerLine, SimCaller
 from engine.flowload import load_flow
 from engine.store import SqliteStore
 from replay.reproduce import reproduce
+from tests.fakes.base import Routes
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_FLOW = ROOT / "tests/data/local_call.yaml"
@@ -288,14 +289,8 @@ def test_attack_03_planted_secrets_reach_no_log_export_timeline_or_output(tmp_pa
         lookup = ToolCall("lookup_shipment", '{"tracking_number": "451992"}', id="call_lookup")
         groq = GroqFake(api_key=SECRETS["GROQ_API_KEY"],
                         by_user={CALLER[0]: [Reply(tool_calls=[lookup]), Reply("It is a day late.")]})
-        app = web.Application()
-        app.router.add_post("/shipments", hook)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        hook_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/shipments"  # type: ignore[union-attr]
-        async with DeepgramFake(listen, speak) as deepgram, groq:
+        async with DeepgramFake(listen, speak) as deepgram, groq, Routes(("POST", "/shipments", hook)) as api:
+            hook_url = f"{api.url}/shipments"
             env = {**SECRETS, "HOOK_URL": hook_url, "DEEPGRAM_BASE_URL": deepgram.url, "GROQ_BASE_URL": groq.url}
             served = await asyncio.to_thread(Serve, db, "--public-url", "https://agent.example",
                                              flow=flow_path, env=env, skip_signature=False)
@@ -310,7 +305,6 @@ def test_attack_03_planted_secrets_reach_no_log_export_timeline_or_output(tmp_pa
                 await until(ended)
             finally:
                 assert await asyncio.to_thread(served.stop) == 0
-        await runner.cleanup()
         return served.output()
 
     output = asyncio.run(scenario())
@@ -349,28 +343,14 @@ def test_attack_04_a_webhook_redirect_to_another_host_gets_no_credentials(tmp_pa
         async def moved(request: web.Request) -> web.Response:
             raise web.HTTPTemporaryRedirect(target)
 
-        b = web.Application()
-        b.router.add_route("*", "/steal", other)
-        rb = web.AppRunner(b)
-        await rb.setup()
-        sb = web.TCPSite(rb, "127.0.0.1", 0)
-        await sb.start()
-        target = f"http://127.0.0.1:{sb._server.sockets[0].getsockname()[1]}/steal"  # type: ignore[union-attr]
-        a = web.Application()
-        a.router.add_post("/tool", moved)
-        ra = web.AppRunner(a)
-        await ra.setup()
-        sa = web.TCPSite(ra, "127.0.0.1", 0)
-        await sa.start()
-        url = f"http://127.0.0.1:{sa._server.sockets[0].getsockname()[1]}/tool"  # type: ignore[union-attr]
-        tool = SimpleNamespace(webhook=Webhook(url=url, headers={"X-Api-Key": "k-123456"}, secret="s-123456"))
-        runner = ToolRunner({"lookup": tool})
-        try:
-            return await runner.call(CallTool(t_ms=0, seq=5, name="lookup", arguments="{}"))
-        finally:
-            await runner.close()
-            await ra.cleanup()
-            await rb.cleanup()
+        async with Routes(("*", "/steal", other)) as b, Routes(("POST", "/tool", moved)) as a:
+            target = f"{b.url}/steal"  # another origin: another port
+            hook = Webhook(url=f"{a.url}/tool", headers={"X-Api-Key": "k-123456"}, secret="s-123456")
+            runner = ToolRunner({"lookup": SimpleNamespace(webhook=hook)})
+            try:
+                return await runner.call(CallTool(t_ms=0, seq=5, name="lookup", arguments="{}"))
+            finally:
+                await runner.close()
 
     result = asyncio.run(scenario())
     assert elsewhere == []
