@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,9 @@ log = logging.getLogger("callstate.runtime")
 #: fine enough to cut heard text at about a word.
 CHUNK_MS = 200
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+#: A TTS that sends no audio for this long (first byte, or between chunks) is cut: a provider socket that
+#: stays open and silent must not hold the call's voice forever (issue 11). Real first bytes take ~0.1-0.5 s.
+TTS_SILENCE_S = 5.0
 
 
 class Vad(Protocol):
@@ -345,7 +348,7 @@ class LiveCall:
                 continue
             try:
                 buf = b""
-                async for chunk in tts.synthesize(speak):
+                async for chunk in _paced(tts.synthesize(speak), TTS_SILENCE_S):
                     buf += chunk
                     if not sent or len(buf) >= CHUNK_MS * 8:
                         self._emit_audio(speak, buf)
@@ -357,7 +360,8 @@ class LiveCall:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.emit(ev.ProviderNotice(t_ms=0, provider="tts", what="error", detail=_safe(exc)))
+                what = "timeout" if isinstance(exc, TimeoutError) else "error"
+                self.emit(ev.ProviderNotice(t_ms=0, provider="tts", what=what, detail=_safe(exc)))
                 if sent:
                     break  # half a sentence from one voice and the rest from another is worse than a cut
         self.emit(ev.TtsError(t_ms=0, cause=speak.seq, message="tts failed"))
@@ -394,6 +398,25 @@ def _text_size(event: ev.Event) -> int:
         names = _TEXT_FIELDS[type(event)] = tuple(
             f.name for f in dataclasses.fields(event) if f.type in ("str", "str | None"))
     return sum(len(getattr(event, n) or "") for n in names)
+
+
+async def _paced(chunks: AsyncIterator[bytes], silence_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, failing with TimeoutError when the next one takes longer than ``silence_s``."""
+    it = aiter(chunks)
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(it), silence_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise TimeoutError(f"no audio for {silence_s:g} s") from None
+            yield chunk
+    finally:
+        closer = getattr(it, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
 
 
 def _restamp(event: ev.Input, t_ms: int) -> ev.Input:

@@ -392,6 +392,56 @@ def test_attack_05_idle_peers_are_cut_counted_and_the_cap_holds(tmp_path: Path, 
     assert caplog.text.count("connection limit reached") == 1  # rate-limited: one line for the burst
 
 
+def test_attack_05b_a_provider_socket_that_goes_silent_is_cut_and_counted(tmp_path: Path, monkeypatch: Any) -> None:
+    from engine import runtime
+    from engine.flow import Flow
+
+    monkeypatch.setattr(runtime, "TTS_SILENCE_S", 0.3, raising=False)  # 5 s in production
+
+    async def silent_speak(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)  # accepts the Speak and Flush, and never answers
+        async for _ in ws:
+            pass
+        return ws
+
+    async def scenario() -> tuple[str, list[Any]]:
+        async with Routes(("GET", "/v1/speak", silent_speak)) as tts:
+            flow = Flow.model_validate({"name": "silent_tts", "greeting": "Hello.", "stt": {"provider": "local"},
+                                        "llm": {"provider": "local"}, "tts": {"provider": "deepgram"}})
+            env = {"DEEPGRAM_API_KEY": "dg-key-123456", "DEEPGRAM_BASE_URL": tts.url}
+            store = SqliteStore(tmp_path / "c.db")
+            server = Server(flow, build_providers(flow, env), store, skip_signature=True)
+            runner, port = await start(server)
+            try:
+                async with aiohttp.ClientSession() as http, \
+                        http.ws_connect(f"ws://127.0.0.1:{port}/media") as ws:
+                    await ws.send_str(start_frame("CA" + "3" * 32))
+
+                    async def cut() -> bool:
+                        return 'callstate_peer_timeouts_total{what="tts"} 1' in await metrics(port)
+                    await until(cut, 10)
+                    await ws.send_str(json.dumps({"event": "stop", "streamSid": "MZ" + "0" * 32}))
+
+                    async def ended() -> bool:
+                        return not server.calls
+                    await until(ended)
+                text = await metrics(port)
+            finally:
+                await runner.cleanup()
+                store.close()
+        reader = SqliteStore(tmp_path / "c.db", readonly=True)
+        log = reader.load(reader.list_calls()[0].call_id)
+        reader.close()
+        return text, log
+
+    text, log = asyncio.run(scenario())
+    from engine import events as ev
+    assert 'callstate_peer_timeouts_total{what="tts"} 1' in text
+    assert any(isinstance(e, ev.ProviderNotice) and e.provider == "tts" and e.what == "timeout" for e in log)
+    assert any(isinstance(e, ev.TtsError) for e in log)  # the call went on without that line
+
+
 # ------------------------------------------------------------------- 7. no bound on what one call writes
 
 def test_attack_07_a_flood_of_huge_marks_does_not_grow_the_log(tmp_path: Path) -> None:
