@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from adapters.twilio import StreamLimits
 from callstate import logsetup
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DEFAULT_DB
-from callstate.providers import build_providers, missing_keys
+from callstate.logs import DB_HELP, DEFAULT_DB
+from callstate.providers import build_providers, missing_keys, refusals
 from callstate.server import Limits
-from engine.store import StoreError
+from engine.store import DEFAULT_LEASE_S, StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
 LOG_LEVEL = "info"  # a server says what it does: one line per call started and ended
@@ -27,7 +27,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); default: the "
                    "request's Host (X-Forwarded-Proto/-Host only from a --trusted-proxy)")
     p.add_argument("--insecure-skip-signature", action="store_true",
@@ -42,13 +42,47 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-start-timeout-s", type=float, default=StreamLimits.start_s,
                    help="a Media Stream must send `start` this soon after the upgrade "
                         f"(default {StreamLimits.start_s:g})")
+    p.add_argument("--workers", default="1", help="worker processes sharing the port (SO_REUSEPORT) under a "
+                   "supervisor that restarts a dead one; `auto` = one per core (default 1)")
+    p.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S,
+                   help="this server's lease on its calls: renewed every third of it; when it lapses (the "
+                   f"server died), any other server marks its calls abandoned (default {DEFAULT_LEASE_S:.0f})")
+    # set by the supervisor for its workers, not by users
+    p.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def worker_count(value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise ValueError(f"--workers must be a number from 1 to 64 or `auto`, not {value!r}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
+    tag = f" [worker {args.worker_index}]" if args.worker_dir else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.lease_s <= 0:
+        print("error: --lease-s must be positive", file=sys.stderr)
+        return 2
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
         print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+        return 1
+    for line in refusals(flow, os.environ):
+        print(f"error: {line}", file=sys.stderr)
+    if refusals(flow, os.environ):
         return 1
     missing = missing_keys(flow, os.environ)
     if missing:
@@ -57,12 +91,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
-    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+    signing = os.environ.get("TWILIO_AUTH_TOKEN") or os.environ.get("TWILIO_WEBHOOK_SHARED_KEY")
+    if not signing and not args.insecure_skip_signature:
         # Safe by default: without the token anyone who finds the port could place calls and stream audio.
         print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
-              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
-              "work (`engine demo` needs neither)", file=sys.stderr)
+              "(Twilio console: Account > API keys & tokens; or TWILIO_WEBHOOK_SHARED_KEY for Webhook Rules), "
+              "or pass --insecure-skip-signature for local work (`engine demo` needs neither)", file=sys.stderr)
         return 1
+    if workers > 1 and not args.worker_dir:
+        from callstate.supervisor import supervise
+
+        return supervise(args, workers)
     try:
         return asyncio.run(_serve(args, flow))
     except StoreError as exc:
@@ -72,10 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
+    from callstate.lease import LeaseKeeper
     from callstate.server import Server, start
-    from engine.store import SqliteStore
+    from engine.store import new_owner_id, open_store
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
@@ -83,37 +124,43 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     if rest is None:
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
-    # Ownership first: one live writer per log. Only once this process owns the log AND the port may it end
-    # the calls a dead process left open (a second server that cannot bind must never touch the log).
-    store = SqliteStore(args.db)
-    try:
-        store.claim(f"engine serve (starting, --port {args.port})")
-    except StoreError:
-        store.close()
-        raise
+    owner = new_owner_id()
+    store = open_store(args.db, owner=owner)
+    # One server per SQLite log: claim it first (a worker shares its supervisor's claim). A PostgreSQL log is
+    # shared by design; there the leases alone keep servers apart.
+    if args.worker_dir is None:
+        try:
+            store.claim(f"engine serve (starting, --port {args.port})")
+        except StoreError:
+            store.close()
+            raise
+    store.renew_lease(args.lease_s)  # before any call: our calls are ours from the first one
     limits = Limits(max_connections=args.max_connections,
                     stream=StreamLimits(start_s=args.stream_start_timeout_s))
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s, trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
+                    grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
+                    worker_index=args.worker_index, trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
     logsetup.mask(server.redact)  # no secret in the console either
     server.guard.fit_file_limit()
     try:
-        runner, port = await start(server, args.host, args.port)
+        runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
     except OSError as exc:
         await server.providers.aclose()
+        store.release_lease()
         store.close()
         why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
         print(f"error: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
         return 1
-    store.claim(f"engine serve on http://{args.host}:{port} since "
-                f"{datetime.now(UTC).isoformat(timespec='seconds')}")
-    abandoned = store.mark_abandoned()
-    if abandoned:
-        log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
-                    ", ".join(abandoned[:10]))
-    log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
-             args.host, port)
+    if args.worker_dir is None:
+        store.claim(f"engine serve on http://{args.host}:{port} since "
+                    f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+    # Only once it owns the log and the port does a server sweep: it ends the calls of servers whose lease
+    # has lapsed (they died), never at start, never a live server's (issue 14 replaces mark-at-start).
+    keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
+    keeper.start()
+    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
+             flow.name, args.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -122,6 +169,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     log.info("shutting down: no new calls; live calls have %.0f s", args.grace_s)
     await server.shutdown()
     await runner.cleanup()
+    if server.self_runner is not None:
+        await server.self_runner.cleanup()
     store.close()
+    keeper.stop()
     log.info("log flushed; bye")
     return 0
