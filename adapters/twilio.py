@@ -129,10 +129,28 @@ def decode(text: str) -> Decoded:
         return Decoded("bad", reason="bad_json")
     if not isinstance(msg, dict):
         return Decoded("bad", reason="not_object")
+    if msg.get("event") == "media" and (fast := _media(msg.get("media"))) is not None:
+        return fast
     try:
         return _decode(msg)
     except _Reject as r:
         return Decoded("bad", reason=r.reason, detail=r.detail)
+
+
+def _media(media: Any) -> Decoded | None:
+    """A well-formed media frame, the common case (50 a second a call), in a few steps; None for anything the
+    full path must judge (it then gives the same result or the precise reason)."""
+    if type(media) is not dict:
+        return None
+    payload, chunk, timestamp = media.get("payload"), media.get("chunk"), media.get("timestamp")
+    if not (type(payload) is str and type(chunk) is str and type(timestamp) is str
+            and chunk.isascii() and chunk.isdigit() and timestamp.isascii() and timestamp.isdigit()):
+        return None
+    try:
+        audio = binascii.a2b_base64(payload, strict_mode=True)  # b64decode(validate=True), one C call
+    except (binascii.Error, ValueError):
+        return None
+    return Decoded("media", payload=audio, chunk=int(chunk), timestamp=int(timestamp)) if audio else None
 
 
 def _decode(msg: dict[str, Any]) -> Decoded:

@@ -149,11 +149,12 @@ def _no_token() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in twilio}
 
 
-def _serve(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[str], Path, int | None]:
+def _serve(tmp_path: Path, env: dict[str, str], *extra: str, flow: str = LOCAL_FLOW,
+           ) -> tuple[subprocess.Popen[str], Path, int | None]:
     """Start `engine serve`; returns the process, its log file and its port (None if it exited)."""
     log = tmp_path / f"serve.{time.monotonic_ns()}.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([ENGINE, "serve", "--flow", LOCAL_FLOW, "--port", "0", "--db",
+        proc = subprocess.Popen([ENGINE, "serve", "--flow", flow, "--port", "0", "--db",
                                  str(tmp_path / "calls.db"), *extra], cwd=tmp_path, stderr=err, text=True,
                                 env={**env, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 30
@@ -229,7 +230,23 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     from adapters.audio import load_fixture
     from callstate.simcaller import CallerLine, SimCaller
 
-    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json")
+    dead = _free_port()  # the tool's server is down: the log must say which URL failed, and why
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(f"""name: logged
+greeting: Hello.
+llm: {{provider: local}}
+stt: {{provider: local}}
+tts: {{provider: local}}
+tools:
+  lookup:
+    description: Look it up.
+    webhook: {{url: "http://127.0.0.1:{dead}/lookup?key=s3cret", timeout_ms: 1000}}
+local:
+  caller: ["Hi, is my shipment delayed?"]
+  replies: [{{tool: lookup}}, {{text: Sorry about that.}}]
+""")
+    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json",
+                             flow=str(flow))
     try:
         assert port is not None, log.read_text()
         caller = SimCaller(f"ws://127.0.0.1:{port}/media", lines=[CallerLine(audio=load_fixture("shipment_1"))],
@@ -244,6 +261,10 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     assert not [r for r in records if r["logger"].startswith("transitions")]
     started = [r for r in records if "started" in r["msg"] and r["logger"] == "callstate.server"]
     assert len(started) == 1 and started[0]["call_id"].startswith("CA")
+    failed = [r for r in records if r.get("tool") == "lookup"]
+    assert len(failed) == 1 and failed[0]["level"] == "warning"
+    assert f"tool lookup failed: connection: POST http://127.0.0.1:{dead}/lookup: could not reach" in failed[0]["msg"]
+    assert "s3cret" not in log.read_text()
     assert len(records) < 15, [r["msg"] for r in records]
 
 

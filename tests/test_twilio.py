@@ -668,3 +668,29 @@ async def test_phone_hangup_falls_back_to_closing_when_rest_fails() -> None:
         await calls.calls[0].phone.hangup()
         msg = await asyncio.wait_for(ws.receive(), 2)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+@pytest.mark.parametrize("media", [
+    {"payload": base64.b64encode(b"\x7f" * 160).decode(), "chunk": "3", "timestamp": "40"},
+    {"payload": base64.b64encode(b"\x00" * 7).decode(), "chunk": "12", "timestamp": "0"},
+    {"payload": "", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAAA AAAA", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAA", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAAA=", "chunk": "1", "timestamp": "0"},
+    {"payload": "ÄÄÄÄ", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAAA", "chunk": "²", "timestamp": "0"},
+    {"payload": "AAAA", "chunk": " 1", "timestamp": "0"},
+    {"payload": "AAAA", "chunk": 1, "timestamp": "0"},
+    {"payload": "AAAA", "chunk": "1"},
+    {"payload": None, "chunk": "1", "timestamp": "0"},
+])
+def test_the_media_fast_path_decides_as_the_full_decoder(media: dict[str, object]) -> None:
+    """Issue 15: media frames take a short path (50 a second a call); it must agree with the full one."""
+    from adapters.twilio import _decode, _Reject
+
+    msg = {"event": "media", "sequenceNumber": "4", "streamSid": "MZ1", "media": media}
+    try:
+        full = _decode(msg)
+    except _Reject as r:
+        full = Decoded("bad", reason=r.reason, detail=r.detail)
+    assert decode(json.dumps(msg)) == full

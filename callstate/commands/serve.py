@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 
 from adapters.twilio import StreamLimits
-from callstate import logsetup
+from callstate import eventloop, logsetup
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
 from callstate.providers import build_providers, missing_keys, refusals
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         return supervise(args, workers)
     try:
-        return asyncio.run(_serve(args, flow))
+        return eventloop.run(_serve(args, flow))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -159,8 +159,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     # has lapsed (they died), never at start, never a live server's (issue 14 replaces mark-at-start).
     keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
     keeper.start()
-    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
-             flow.name, args.host, port)
+    eventloop.settle_gc()
+    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media; %s loop)",
+             owner, flow.name, args.host, port, eventloop.loop_name())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
