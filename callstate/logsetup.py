@@ -67,9 +67,9 @@ class JsonFormatter(logging.Formatter):
 def level_of(log_level: str | None, verbose: int, quiet: int, default: str) -> int:
     """--log-level wins; else each -v goes one level down from the command's default, each -q one up."""
     if log_level:
-        return getattr(logging, log_level.upper())
+        return logging.getLevelNamesMapping()[log_level.upper()]
     index = LEVELS.index(default) - verbose + quiet
-    return getattr(logging, LEVELS[max(0, min(index, len(LEVELS) - 1))].upper())
+    return logging.getLevelNamesMapping()[LEVELS[max(0, min(index, len(LEVELS) - 1))].upper()]
 
 
 def configure(level: int, fmt: str = "text") -> None:
