@@ -483,14 +483,17 @@ class StreamLimits:
 def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | None = None,
                skip_signature: bool = False, rest: TwilioRest | None = None,
                max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100,
-               shared_key: str | None = None, trusted_proxies: frozenset[str] = frozenset(),
-               limits: StreamLimits = StreamLimits(),
+               shared_key: str | None = None,
+               media_token: Callable[[web.Request], bool] | None = None,
+               trusted_proxies: frozenset[str] = frozenset(), limits: StreamLimits = StreamLimits(),
                on_timeout: Callable[[str], None] = lambda what: None) -> web.Application:
     """``POST /twiml`` (the number's voice webhook) and ``GET /media`` (the Media Streams socket).
 
     ``on_call(info, phone)`` returns the call's handle (engine.ports.CallHandle). ``rest`` is closed with the app.
     ``shared_key``: the Webhook Rules SharedKey secret (HMAC-SHA256 signatures), beside the Auth Token.
     ``on_timeout(what)`` counts a peer cut for silence: "ws_start" or "ws_idle".
+    ``media_token`` (the browser phone's check) admits a /media request Twilio did not sign; when it is set,
+    /media takes a valid Twilio signature or a valid token and nothing else, even with no auth token.
     """
     signatures = Signatures(auth_token, shared_key)
     checked = signatures.enabled and not skip_signature
@@ -512,8 +515,12 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
                     why, request.method, request.path, url)
         return False
 
+    phone_only = media_token is not None and not signatures.enabled and not skip_signature
+
     async def twiml(request: web.Request) -> web.Response:
         form = await request.post()
+        if phone_only:  # no auth token to check Twilio with: the browser phone's socket is all there is
+            return web.Response(status=403, text="no Twilio auth token configured")
         if not signed(request, form, ws=False):
             return web.Response(status=403, text="bad signature")
         # Stream URLs take no query string (reference 1.1): extras ride as <Parameter>s, e.g. ?script=...
@@ -529,7 +536,13 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         return web.Response(text=str(response), content_type="text/xml")
 
     async def media(request: web.Request) -> web.StreamResponse:
-        if not signed(request, {}, ws=True):  # before the upgrade: a plain HTTP 403
+        # Before the upgrade: a plain HTTP 403.
+        if media_token is not None and media_token(request):
+            pass
+        elif phone_only:
+            log.warning("twilio: /media without a valid phone token, and no auth token to check a signature")
+            return web.Response(status=403, text="a valid phone token or Twilio signature is required")
+        elif not signed(request, {}, ws=True):
             return web.Response(status=403, text="bad signature")
         ws = web.WebSocketResponse(max_msg_size=max_message_bytes)
         await ws.prepare(request)

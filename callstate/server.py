@@ -14,14 +14,16 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from adapters.twilio import CallRefused, StreamLimits
+from callstate.eventfeed import LocalFeed, stream
 from callstate.guard import ConnectionGuard
 from callstate.metrics import Metrics, TurnClock
+from callstate.phoneauth import Access, PhoneTokens
 from callstate.secrets import logged_flow, secret_values
 from engine import events as ev
 from engine.flow import Flow
 from engine.redact import Redactor
 from engine.runtime import CallLimits, LiveCall, Providers
-from engine.store import Store
+from engine.store import Store, StoreError
 from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
@@ -65,8 +67,9 @@ class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
-                 worker_index: int = 0, trusted_proxies: frozenset[str] = frozenset(),
-                 limits: Limits = Limits(), environ: Mapping[str, str] | None = None) -> None:
+                 worker_index: int = 0, phone: bool = False, api_key: str | None = None,
+                 trusted_proxies: frozenset[str] = frozenset(), limits: Limits = Limits(),
+                 environ: Mapping[str, str] | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
@@ -87,6 +90,10 @@ class Server:
         self.flow_record = logged_flow(flow)
         self.redact = Redactor(secret_values(os.environ if environ is None else environ, flow.env_values()))
         store.redact = self.redact
+        #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
+        self.phone = phone
+        self.access = Access(PhoneTokens() if phone else None, api_key)
+        self.feed: LocalFeed | None = None  # built with the app (it needs the running loop)
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
@@ -150,9 +157,13 @@ class Server:
 
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,  # type: ignore[arg-type]
                          skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
-                         shared_key=self.shared_key, trusted_proxies=self.trusted_proxies,
-                         limits=self.limits.stream, on_timeout=timed_out)
+                         shared_key=self.shared_key, media_token=self.access.token_ok if self.phone else None,
+                         trusted_proxies=self.trusted_proxies, limits=self.limits.stream, on_timeout=timed_out)
         app.middlewares.append(self.guard.middleware)
+        if self.phone:
+            app.router.add_get("/phone", self._phone_page)
+        app.router.add_get("/calls/{call_id}/events", self._events)
+        app.router.add_get("/calls/{call_id}/timeline", self._timeline)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._startup)
@@ -172,6 +183,38 @@ class Server:
         # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
         # process makes the log wait, never the calls (issue 11).
         self.store.start_writer(str(getattr(self.store, "path", "log")))
+
+    async def _phone_page(self, request: web.Request) -> web.Response:
+        from callstate.phone import render_page
+
+        assert self.access.tokens is not None
+        page = render_page(token=self.access.tokens.mint(), flow=self.flow.name)
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        self.access.check_reader(request)
+        if self.feed is None:
+            self.feed = LocalFeed(self.store)
+        return await stream(request, self.feed, request.match_info["call_id"])
+
+    async def _timeline(self, request: web.Request) -> web.Response:
+        from replay import html
+        from replay.timeline import build
+
+        self.access.check_reader(request)
+        call_id = request.match_info["call_id"]
+        calls = await asyncio.to_thread(self.store.list_calls)  # reads wait on the log writer: off the loop
+        row = next((r for r in calls if r.call_id == call_id), None)
+        if row is None or row.status == "open":
+            raise web.HTTPNotFound(text=f"no ended call {call_id!r}\n")
+        try:
+            events = await asyncio.to_thread(self.store.load, call_id)
+            flow = Flow.model_validate(row.meta.get("flow") or {})
+        except (StoreError, ValueError) as exc:
+            raise web.HTTPNotFound(text=f"call {call_id!r} cannot be shown: {exc}\n") from None
+        tl = build(flow, events, call_id=call_id, outcome=row.outcome, meta=row.meta)
+        return web.Response(text=html.render(tl), content_type="text/html", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         writer = self.store.writer

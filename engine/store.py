@@ -144,6 +144,9 @@ class Store(ABC):
     def __init__(self, *, owner: str | None = None) -> None:
         self._pending: list[tuple[str, Event]] = []
         self._next_seq: dict[str, int] = {}  # call open in this store -> the seq append expects next
+        #: Called with (call_id, event) on every append and (call_id, None) when the call closes, in the
+        #: appending thread: a live event stream's in-process source (callstate/eventfeed.py).
+        self.listeners: list[Callable[[str, Event | None], None]] = []
         self.owner = owner or new_owner_id()
         self._leased = False
         self.writer: LogWriter | None = None
@@ -204,6 +207,8 @@ class Store(ABC):
                              "(seqs start at 1, with no gaps and no repeats)")
         self._next_seq[call_id] = expected + 1
         self._pending.append((call_id, event))
+        for listener in self.listeners:
+            listener(call_id, event)
 
     def flush(self) -> None:
         """Write every buffered event in one transaction. On failure nothing is written, the buffer stays."""
@@ -218,6 +223,17 @@ class Store(ABC):
             raise StoreError(f"close_call({call_id!r}): the call is not open in this store")
         self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, meta or {}))
         del self._next_seq[call_id]
+        for listener in self.listeners:
+            listener(call_id, None)
+
+    def is_open_here(self, call_id: str) -> bool:
+        """The call is live in this store (appends to it still come)."""
+        return call_id in self._next_seq
+
+    def pending_records(self, call_id: str) -> list[dict[str, Any]]:
+        """The call's envelopes appended but not yet handed to the writer (a live call's tail). Taken in the
+        appending thread; with ``load_records`` (which waits for what was handed over) it is the whole log."""
+        return [to_record(cid, e) for cid, e in self._pending if cid == call_id]
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.

@@ -22,7 +22,7 @@ EXPECTED: dict[str, list[str]] = {
     "negative_timeout.yaml": [":7:7 tools.lookup.webhook.timeout_ms: must be > 0"],
     "bad_provider.yaml": [
         ":3:3 llm.provider: must be one of: groq, local",
-        ":5:3 tts.provider: must be one of: deepgram, playht, local",
+        ":5:3 tts.provider: must be one of: deepgram, playht, local, local-tts",
     ],
     "missing_name.yaml": [":2:1 name: required"],  # blamed on the mapping that lacks it (line 1 is a comment)
     "tool_both.yaml": [":3:3 tools.lookup: a tool takes one of `webhook` or `function`, not both"],

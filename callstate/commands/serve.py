@@ -14,7 +14,8 @@ from adapters.twilio import StreamLimits
 from callstate import eventloop, logsetup
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
-from callstate.providers import build_providers, missing_keys, refusals
+from callstate.phoneauth import API_KEY_ENV, SECRET_ENV
+from callstate.providers import KINDS, ChoiceError, build_providers, choose, missing_keys, names, refusals
 from callstate.server import Limits
 from engine.store import DEFAULT_LEASE_S, StoreError
 
@@ -50,6 +51,32 @@ def configure(p: argparse.ArgumentParser) -> None:
     # set by the supervisor for its workers, not by users
     p.add_argument("--worker-dir", help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--phone", action="store_true",
+                   help="serve the browser phone at GET /phone (off by default; meant for 127.0.0.1)")
+    add_provider_options(p)
+
+
+def add_provider_options(p: argparse.ArgumentParser) -> None:
+    for kind in KINDS:
+        p.add_argument(f"--{kind}", metavar="NAME",
+                       help=f"run {kind} with this provider instead of the flow's ({', '.join(names(kind))})")
+
+
+def choose_providers(args: argparse.Namespace, *, keyless: bool):  # type: ignore[no-untyped-def]
+    """The flow to run (FLOW plus --stt/--llm/--tts, and keyless stand-ins), printed; None after an error."""
+    try:
+        flow = resolve_flow(args.flow)
+    except FlowError as exc:
+        print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+        return None
+    try:
+        flow, lines = choose(flow, os.environ, {k: getattr(args, k, None) for k in KINDS}, keyless=keyless)
+    except ChoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    if not args.worker_dir:  # once, by the supervisor, not by each worker
+        print(f"flow {flow.name}: " + "; ".join(lines), flush=True)
+    return flow
 
 
 def worker_count(value: str) -> int:
@@ -75,10 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lease_s <= 0:
         print("error: --lease-s must be positive", file=sys.stderr)
         return 2
-    try:
-        flow = resolve_flow(args.flow)
-    except FlowError as exc:
-        print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+    flow = choose_providers(args, keyless=getattr(args, "keyless", False))
+    if flow is None:
         return 1
     for line in refusals(flow, os.environ):
         print(f"error: {line}", file=sys.stderr)
@@ -89,17 +114,24 @@ def run(args: argparse.Namespace) -> int:
         print("error: the flow's providers need these environment variables, which are not set:", file=sys.stderr)
         for line in missing:
             print(f"  {line}", file=sys.stderr)
-        print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
+        print("(or run offline: --stt local-asr --llm local --tts local-tts, or `engine talk FLOW`)", file=sys.stderr)
         return 1
+    phone = bool(getattr(args, "phone", False))
     signing = os.environ.get("TWILIO_AUTH_TOKEN") or os.environ.get("TWILIO_WEBHOOK_SHARED_KEY")
-    if not signing and not args.insecure_skip_signature:
+    if not signing and not args.insecure_skip_signature and not phone:
         # Safe by default: without the token anyone who finds the port could place calls and stream audio.
         print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
               "(Twilio console: Account > API keys & tokens; or TWILIO_WEBHOOK_SHARED_KEY for Webhook Rules), "
-              "or pass --insecure-skip-signature for local work (`engine demo` needs neither)", file=sys.stderr)
+              "or pass --insecure-skip-signature for local work (`engine demo` and `engine talk` need neither)",
+              file=sys.stderr)
         return 1
     if workers > 1 and not args.worker_dir:
         from callstate.supervisor import supervise
+
+        if phone and not os.environ.get(SECRET_ENV):  # one secret for all workers: a page from one, /media on another
+            import secrets
+
+            os.environ[SECRET_ENV] = secrets.token_hex(32)
 
         return supervise(args, workers)
     try:
@@ -117,11 +149,18 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256
+    phone = bool(getattr(args, "phone", False))
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
+    elif token is None and shared_key is None and phone:
+        log.info("no TWILIO_AUTH_TOKEN: /media takes the browser phone's tokens only, and /twiml nothing")
+    if phone and args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("!!! --phone on %s: anyone who can reach this address can open /phone and place calls "
+                    "on this server's providers (and its keys). Bind 127.0.0.1 unless that is what you want.",
+                    args.host)
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
-    if rest is None:
+    if rest is None and not getattr(args, "keyless", False):
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
     owner = new_owner_id()
@@ -140,7 +179,8 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
-                    worker_index=args.worker_index, trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
+                    worker_index=args.worker_index, phone=phone, api_key=os.environ.get(API_KEY_ENV),
+                    trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
     logsetup.mask(server.redact)  # no secret in the console either
     server.guard.fit_file_limit()
     try:
@@ -162,6 +202,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     eventloop.settle_gc()
     log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media; %s loop)",
              owner, flow.name, args.host, port, eventloop.loop_name())
+    if phone and not args.worker_dir:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        print(f"browser phone: open http://{host}:{port}/phone", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
