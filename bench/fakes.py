@@ -24,6 +24,13 @@ listen and speak, the groq SDK) unchanged; only DEEPGRAM_BASE_URL / GROQ_BASE_UR
 
 The tags in the texts let the harness join a caller's line to its STT utterance, LLM request and TTS
 request. The fakes reuse tests/fakes/base.py (server, tone) and never edit tests/.
+
+Sources: the wire shapes are those of tests/fakes (each cites its SDK file or doc): listen messages per
+deepgram-sdk ``listen/v1/types``, speak per ``speak/v1/socket_client.py``, SSE chunks per the groq SDK's
+``types/chat/chat_completion_chunk.py``. The delays are the bench's profile, not the services'. Left out on
+purpose, since the bench measures the engine: the services' limits (audio at 1.25x, Aura's 15 streams and
+20 Flushes a minute: the engine runs with DEEPGRAM_TTS_MAX_STREAMS high) and reasoning tokens (a gpt-oss
+reply at low effort spends some before its first content token: provider time, inside ``llm_ttft_ms`` here).
 """
 
 from __future__ import annotations
