@@ -26,19 +26,22 @@ log = logging.getLogger("callstate.supervisor")
 FAST_FAIL_S, FAST_FAILS = 5.0, 5
 
 
-def _worker_argv(args: argparse.Namespace, worker_dir: str, index: int) -> list[str]:
-    """The command line the user gave (every option, including ones added later), as one worker."""
-    given = list(getattr(args, "argv", None) or [])
-    kept, skip = [], False
-    for a in given:
+def _worker_argv(args: argparse.Namespace, worker_dir: str, index: int, workers: int) -> list[str]:
+    """The command line the user gave (every option, also ones added later), as one worker; each worker holds
+    its share of the connection cap."""
+    kept: list[str] = []
+    skip = False
+    for a in getattr(args, "argv", None) or []:
         if skip:
             skip = False
-        elif a == "--workers":
-            skip = True
-        elif not a.startswith("--workers="):
-            kept.append(a)
-    return [sys.executable, "-m", "callstate.cli", *kept, "--workers", "1", "--worker-dir", worker_dir,
-            "--worker-index", str(index)]
+            continue
+        if a.split("=", 1)[0] in ("--workers", "--max-connections"):
+            skip = "=" not in a
+            continue
+        kept.append(a)
+    share = max(1, args.max_connections // workers)
+    return [sys.executable, "-m", "callstate.cli", *kept, "--workers", "1", "--max-connections", str(share),
+            "--worker-dir", worker_dir, "--worker-index", str(index)]
 
 
 def supervise(args: argparse.Namespace, workers: int) -> int:
@@ -75,7 +78,7 @@ def _supervise(args: argparse.Namespace, workers: int, stop_asked: Callable[[], 
         fails: dict[int, int] = dict.fromkeys(range(workers), 0)
 
         def spawn(i: int) -> None:
-            procs[i] = subprocess.Popen(_worker_argv(args, worker_dir, i))
+            procs[i] = subprocess.Popen(_worker_argv(args, worker_dir, i, workers))
             started[i] = time.monotonic()
 
         for i in range(workers):

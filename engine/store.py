@@ -49,6 +49,7 @@ import sqlite_utils
 
 from engine.events import SCHEMA_VERSION, Event, EventError, Message, StartLlm, from_record, to_record
 from engine.logwriter import LogWriter
+from engine.redact import Redactor
 
 log = logging.getLogger("callstate.store")
 
@@ -182,6 +183,7 @@ class Store(ABC):
         self._leased = False
         self._llm_prev: dict[str, tuple[Message, ...]] = {}  # open call -> its previous request's messages
         self.writer: LogWriter | None = None
+        self.redact: Redactor = Redactor()  # secrets masked in every row and meta written from now on
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
@@ -216,11 +218,14 @@ class Store(ABC):
             raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
         lease = not self._leased  # a writer without a keeper (engine call, demo) still owns what it opens
         self._leased = True
+        meta = meta or {}
+        if self.redact:
+            meta = json.loads(self.redact(json.dumps(meta)))
 
         def insert() -> None:  # on the writer thread when there is one: a locked log never blocks the caller
             if lease:
                 self._renew(DEFAULT_LEASE_S)
-            self._insert_call(call_id, started_at, flow, meta or {})
+            self._insert_call(call_id, started_at, flow, meta)
         self._run(insert, 0, f"open_call({call_id!r})")
         self._next_seq[call_id] = 1
 
@@ -269,7 +274,11 @@ class Store(ABC):
         llm_prev = dict(self._llm_prev)  # taken on only once the write is done or queued: a retry re-encodes
         rows = [_row(call_id, event, llm_prev) for call_id, event in self._pending]
         what = f"close_call({end[0]!r})" if end else "flush"
-        self._run(lambda: self._write_open(rows, end), len(rows), what)
+        redact = self.redact
+
+        def write() -> None:  # masking runs here: on the writer thread once there is one
+            self._write_open([(*r[:5], redact(r[5]), r[6]) for r in rows] if redact else rows, end)
+        self._run(write, len(rows), what)
         self._llm_prev = llm_prev
         self._pending.clear()
 
@@ -340,6 +349,11 @@ class Store(ABC):
     def list_calls(self, since: str | None = None) -> list[CallRow]:
         self.drain()
         return self._list_calls(since)
+
+    def call_sids(self) -> list[tuple[str, str]]:
+        """(call_id, the CallSid in its meta, or "") for every call, oldest first: what a server reads once
+        at start so that choosing a live call's id never reads the log. Backends may answer it cheaper."""
+        return [(r.call_id, str(r.meta.get("call_sid") or "")) for r in self.list_calls()]
 
     @abstractmethod
     def _list_calls(self, since: str | None) -> list[CallRow]: ...
@@ -572,6 +586,12 @@ class SqliteStore(Store):
                 f"WHERE {_LAPSED.format(now=_SQLITE_NOW, me='?')} RETURNING call_id, started_at",
                 (self.owner,)).fetchall()
         return [call_id for call_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+    def call_sids(self) -> list[tuple[str, str]]:
+        self.drain()
+        rows = self._query("SELECT call_id, CASE WHEN json_valid(meta) THEN json_extract(meta, '$.call_sid') END "
+                           "FROM calls ORDER BY started_at, call_id")
+        return [(call_id, sid if isinstance(sid, str) else "") for call_id, sid in rows]
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
         return select_calls(self._query, "?", since)

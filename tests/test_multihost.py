@@ -69,7 +69,7 @@ async def _drain(stream: asyncio.StreamReader) -> None:
         pass
 
 
-async def until(condition, what: str, timeout_s: float = 20.0):  # type: ignore[no-untyped-def]
+async def until(condition, what: str, timeout_s: float = 40.0):  # type: ignore[no-untyped-def]
     """Await a condition on the shared log (polled: it is another process's database)."""
     async with asyncio.timeout(timeout_s):
         while not (result := await asyncio.to_thread(condition)):
