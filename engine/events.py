@@ -21,7 +21,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-SCHEMA_VERSION = 1
+#: 2: the agent's CLOSING state (Ignored.state may say "closing"); RuntimeFault. Version 1 logs still load
+#: and reproduce (replay/reproduce.py reads their Ignored effects as version 1 wrote them).
+SCHEMA_VERSION = 2
 
 Kind = Literal["input", "effect"]
 
@@ -249,6 +251,15 @@ class ProviderNotice(Input):
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeFault(Input):
+    """Our side must end the call: ``error`` (this call's code failed: the fallback line, then Hangup) or
+    ``shutdown`` (the server is stopping: Hangup now). Logged like any input, so the caller's last line and
+    the hang-up are on the record and replay."""
+
+    reason: str = "error"  # error | shutdown
+
+
 # ---------------------------------------------------------------------------------------------- effects
 
 
@@ -367,7 +378,7 @@ REGISTRY: dict[str, type[Event]] = {
     for cls in (
         CallStarted, CallEnded, SpeechStarted, SpeechStopped, Transcript, UtteranceEnd, Dtmf,
         LlmToken, LlmToolCall, LlmDone, LlmError, TtsAudio, TtsDone, TtsError, PlaybackMark,
-        ToolResult, TimerFired, ProviderNotice,
+        ToolResult, TimerFired, ProviderNotice, RuntimeFault,
         StartLlm, CancelLlm, Speak, CancelTts, SendAudio, SendMark, ClearPlayback, CallTool,
         CancelTool, SetTimer, CancelTimer, Hangup, Transfer, Respond, EnterNode, Ignored,
     )

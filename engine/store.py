@@ -63,6 +63,7 @@ class CallRow:
     duration_ms: int | None  # = ended_t_ms, since t_ms counts from call start; None while open
     turns: int | None
     meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION  # of the engine that wrote it (replay reads older ones as written)
 
 
 # One encoder, built once: json.dumps with options builds a new encoder per call (~0.8 us of ~8 us/event).
@@ -237,20 +238,20 @@ class Store(ABC):
     def _list_calls(self, since: str | None) -> list[CallRow]: ...
 
 
-_CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta"
+_CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, schema_version"
 # SQLITE_IOERR, SQLITE_LOCKED, SQLITE_BUSY, SQLITE_FULL (primary codes): worth another try
 _TRANSIENT = {10, 6, 5, 13}
 
 
 def _call_row(row: tuple[Any, ...]) -> CallRow:
-    call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta = row
+    call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, version = row
     try:
         meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
     except ValueError as exc:
         raise StoreError(f"call {call_id!r}: meta is not valid JSON ({exc})") from None
     except RecursionError:
         raise StoreError(f"call {call_id!r}: meta nests too deeply to read") from None
-    return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta)
+    return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, version)
 
 
 class SqliteStore(Store):

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine
+from engine.states import CallState
 
 
 @dataclass
 class Step:
     event: ev.Input
-    before: str
-    after: str
+    before: CallState
+    after: CallState
     effects: list[ev.Effect]
     #: The transitions this input fired, in order (filled by ``steps(..., watch=True)`` only). A step can
     #: pass through a state: a barge-in is speaking -> interrupted -> listening in one input.
@@ -64,29 +65,17 @@ class Turn:
         }
 
 
-class _Watched(CallMachine):
-    """The call machine, noting which rows of its transition table each input took."""
-
-    fired: list[str]
-
-    def fire(self, trigger: str) -> bool:
-        ok = super().fire(trigger)
-        if ok:
-            self.fired.append(trigger)
-        return ok
-
-
 def steps(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Step]:
     """Re-run the machine over the logged inputs, keeping the state before and after each one (and, with
     ``watch``, the transitions each input fired)."""
-    machine = _Watched(flow)
+    machine = CallMachine(flow)
+    view = machine.view
     out = []
     for e in log:
         if isinstance(e, ev.Input):
-            machine.fired = []
-            before = machine.state
+            before = view.state
             _, effects = machine.step(e)
-            out.append(Step(e, before, machine.state, effects, machine.fired if watch else []))
+            out.append(Step(e, before, view.state, effects, list(view.fired) if watch else []))
     return out
 
 
@@ -107,7 +96,7 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
         e = st.event
         if isinstance(e, ev.SpeechStopped):
             speech_end = e.end_ms if e.end_ms is not None else e.t_ms
-        elif isinstance(e, ev.Transcript) and e.is_final and st.before in ("listening", "interrupted"):
+        elif isinstance(e, ev.Transcript) and e.is_final and st.before in (CallState.LISTENING, CallState.INTERRUPTED):
             finals.append(e.text)
             final_t = e.t_ms
             if e.end_ms is not None and (speech_end is None or speech_end < (e.start_ms or 0)):

@@ -29,7 +29,7 @@ class CallScript:
 
     @property
     def state(self) -> str:
-        return self.m.state
+        return self.m.view.state
 
     def feed(self, event: ev.Input) -> list[ev.Effect]:
         stamped, effects = self.m.step(event)
@@ -57,7 +57,7 @@ class CallScript:
 
     def answer(self, t_ms: int, *tokens: str, done: bool = True) -> list[ev.Effect]:
         """The open LLM request streams `tokens` (one ms apart) and finishes."""
-        start = self.m.llm
+        start = self.m.view.open_llm
         assert start is not None, "no LLM request is open"
         out: list[ev.Effect] = []
         for i, tok in enumerate(tokens):
@@ -73,7 +73,7 @@ class CallScript:
             self.feed(ev.TtsAudio(t_ms=t, cause=speak.seq, duration_ms=chunk_ms))
         self.feed(ev.TtsDone(t_ms=t, cause=speak.seq))
         for mark in [e for e in self.log if isinstance(e, ev.SendMark) and e.seq > speak.seq]:
-            if mark.name in self.m.playback._mark_owner:
+            if self.m.view.mark_awaited(mark.name):
                 t += chunk_ms
                 self.feed(ev.PlaybackMark(t_ms=t, name=mark.name, cause=mark.seq))
         return t

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"call {call_id}: cannot be read: {exc}")
             bad += 1
             continue
-        violations = check_log(call.flow, call.events, call_id=call_id)
+        violations = check_log(call.flow, call.events, call_id=call_id, schema_version=call.row.schema_version)
         for v in violations:
             print(f"call {call_id} seq {v.seq}: {v.rule}: {v.message}")
         bad += bool(violations)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    result = reproduce(call.flow, call.events, call_id=args.call_id)
+    result = reproduce(call.flow, call.events, call_id=args.call_id, schema_version=call.row.schema_version)
     if args.sets or args.flow:
         return _what_if(call, args, reproduced=result.ok)
     if result.divergence is not None:
