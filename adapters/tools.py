@@ -82,6 +82,18 @@ def verify_signature(secret: str, header: str, body: str | bytes, now: float, to
     return any(hmac.compare_digest(expected, m) for m in macs)
 
 
+def _public(url: URL) -> str:
+    """The URL without what may be secret: no user:password, no query (where keys usually ride)."""
+    return str(url.with_user(None).with_query(None).with_fragment(None))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in the OS's words ("Connection refused"), never str(exc) (it may hold the URL)."""
+    os_error = getattr(exc, "os_error", None)
+    text = getattr(os_error, "strerror", None) or (type(os_error).__name__ if os_error else None)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _canonical(args: Mapping[str, Any]) -> str:
     return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -199,35 +211,38 @@ class ToolRunner:
             headers[SIGNATURE_HEADER] = sign(secret, payload, int(time.time()))
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()  # lazily, so it binds to the running loop
+        where = f"{method} {_public(url)}"  # every failure names the request, so a log reader can retry it
         try:
             async with asyncio.timeout(timeout_ms / 1000):
                 async with self._session.request(method, url, data=data, headers=headers) as resp:
                     if not 200 <= resp.status < 300:
-                        raise _Fail(f"http_{resp.status}", f"the tool's server answered HTTP {resp.status}")
-                    raw_body = await self._read_capped(resp)
+                        raise _Fail(f"http_{resp.status}", f"{where}: the tool's server answered HTTP {resp.status}")
+                    raw_body = await self._read_capped(resp, where)
         except TimeoutError:
-            raise _Fail("timeout", f"no answer in {timeout_ms} ms") from None
+            raise _Fail("timeout", f"{where}: no answer in {timeout_ms} ms") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            # Type name only: str(exc) may carry the URL, and the URL may carry a key.
-            raise _Fail("connection", f"could not reach the tool's server ({type(exc).__name__})") from None
+            raise _Fail("connection", f"{where}: could not reach the tool's server ({_reason(exc)})") from None
         except aiohttp.ClientError as exc:
-            raise _Fail("exception", type(exc).__name__) from None
+            raise _Fail("exception", f"{where}: {type(exc).__name__}") from None
         try:
             text = raw_body.decode(resp.charset or "utf-8")
         except (UnicodeDecodeError, LookupError):
-            raise _Fail("not_json", "the response is not text") from None
-        return _check_json(text)
+            raise _Fail("not_json", f"{where}: the response is not text") from None
+        try:
+            return _check_json(text)
+        except _Fail as f:
+            raise _Fail(f.code, f"{where}: {f.detail}") from None
 
     @staticmethod
-    async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_capped(resp: aiohttp.ClientResponse, where: str) -> bytes:
         if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
-            raise _Fail("too_large", f"the response is larger than {MAX_BODY_BYTES} bytes")
+            raise _Fail("too_large", f"{where}: the response is larger than {MAX_BODY_BYTES} bytes")
         buf = bytearray()
         # Read at most one byte past the cap; leaving the rest unread makes aiohttp close the connection.
         while chunk := await resp.content.read(MAX_BODY_BYTES + 1 - len(buf)):
             buf += chunk
             if len(buf) > MAX_BODY_BYTES:
-                raise _Fail("too_large", f"the response is larger than {MAX_BODY_BYTES} bytes")
+                raise _Fail("too_large", f"{where}: the response is larger than {MAX_BODY_BYTES} bytes")
         return bytes(buf)
 
     # ------------------------------------------------------------------------------------------ callables

@@ -383,9 +383,8 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
     ``on_call(info, phone)`` returns the call's handle (engine.ports.CallHandle). ``rest`` is closed with the app.
     """
     validator = RequestValidator(auth_token) if auth_token and not skip_signature else None
-    if validator is None:
-        log.warning("twilio: request signatures are not checked (%s)",
-                    "skip_signature" if skip_signature else "no auth token")
+    if validator is None and not skip_signature:  # skipping on purpose: the caller said so already
+        log.warning("twilio: request signatures are not checked (no auth token)")
 
     def signed(request: web.Request, params: Mapping[str, Any], *, ws: bool) -> bool:
         if validator is None:
@@ -395,7 +394,10 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         url = public_base(request, public_url, ws=ws) + request.raw_path
         if signature and validator.validate(url, params, signature):
             return True
-        log.warning("twilio: bad or missing X-Twilio-Signature on %s %s", request.method, request.path)
+        # The usual cause is a tunnel or proxy: Twilio signed the public URL, we rebuilt another one.
+        log.warning("twilio: %s X-Twilio-Signature on %s %s: checked against %r. If Twilio calls another "
+                    "URL (a tunnel, a proxy), start engine serve with --public-url https://<the host Twilio calls>",
+                    "bad" if signature else "missing", request.method, request.path, url)
         return False
 
     async def twiml(request: web.Request) -> web.Response:

@@ -4,40 +4,52 @@ from __future__ import annotations
 
 from engine import events as ev
 from engine.flow import Flow
+from replay.timeline import tool_failure
 from replay.turns import Turn, percentile, steps, turns
+from replay.words import plural
 
 
-def transcript(flow: Flow, log: list[ev.Event]) -> list[str]:
+def step_lines(e: ev.Input, effects: list[ev.Effect], before: str, after: str, *,
+               outcome: str | None = None) -> list[str]:
+    """The transcript lines of one step of the machine: what the caller said, what the agent said and did.
+    Used live (`engine demo` prints each step as it happens) and over a log (`transcript`)."""
     lines = []
-    for st in steps(flow, log):
-        e, t = st.event, f"{st.event.t_ms / 1000:7.2f}s"
-        state = f"[{st.after}]" if st.after != st.before else ""
-        if isinstance(e, ev.Transcript) and e.is_final:
-            lines.append(f"{t}  caller: {e.text} {state}".rstrip())
-        elif isinstance(e, ev.Dtmf):
-            lines.append(f"{t}  caller pressed {e.digit} {state}".rstrip())
-        elif isinstance(e, ev.CallEnded):
-            lines.append(f"{t}  call ended ({e.reason})")
-        for x in st.effects:
-            if isinstance(x, ev.Speak):
-                tag = "" if x.purpose == "reply" else f" ({x.purpose})"
-                lines.append(f"{t}  agent{tag}: {x.text} {state}".rstrip())
-                state = ""
-            elif isinstance(x, ev.ClearPlayback):
-                lines.append(f"{t}  -- barge-in: playback cleared {state}".rstrip())
-                state = ""
-            elif isinstance(x, ev.CallTool):
-                lines.append(f"{t}  tool {x.name}({x.arguments})")
-            elif isinstance(x, (ev.Hangup, ev.Transfer)):
-                what = f"transfer to {x.to}" if isinstance(x, ev.Transfer) else f"hang up ({x.reason})"
-                lines.append(f"{t}  agent: {what}")
-            elif isinstance(x, ev.EnterNode):
-                lines.append(f"{t}  -> node {x.node}")
-        if isinstance(e, ev.ToolResult):
-            lines.append(f"{t}  tool {e.name} -> {'ok' if e.ok else e.error}: {e.body[:80]}")
-        if state and not isinstance(e, ev.Transcript):
-            lines.append(f"{t}  {state}")
+    t = f"{e.t_ms / 1000:7.2f}s"
+    state = f"[{after}]" if after != before else ""
+    if isinstance(e, ev.Transcript) and e.is_final:
+        lines.append(f"{t}  caller: {e.text} {state}".rstrip())
+    elif isinstance(e, ev.Dtmf):
+        lines.append(f"{t}  caller pressed {e.digit} {state}".rstrip())
+    elif isinstance(e, ev.CallEnded):
+        lines.append(f"{t}  call ended: {outcome}" if outcome else f"{t}  call ended ({e.reason})")
+        state = ""
+    for x in effects:
+        if isinstance(x, ev.Speak):
+            tag = "" if x.purpose == "reply" else f" ({x.purpose})"
+            lines.append(f"{t}  agent{tag}: {x.text} {state}".rstrip())
+            state = ""
+        elif isinstance(x, ev.ClearPlayback):
+            lines.append(f"{t}  -- barge-in: playback cleared {state}".rstrip())
+            state = ""
+        elif isinstance(x, ev.CallTool):
+            lines.append(f"{t}  tool {x.name}({x.arguments})")
+        elif isinstance(x, (ev.Hangup, ev.Transfer)):
+            what = f"transfer to {x.to}" if isinstance(x, ev.Transfer) else f"hang up ({x.reason})"
+            lines.append(f"{t}  agent: {what}")
+        elif isinstance(x, ev.EnterNode):
+            lines.append(f"{t}  -> node {x.node}")
+    if isinstance(e, ev.ToolResult):
+        result = f"ok: {e.body[:80]}" if e.ok else f"failed: {tool_failure(e.error, e.body)}"
+        lines.append(f"{t}  tool {e.name} -> {result}")
+    if state and not isinstance(e, ev.Transcript):
+        lines.append(f"{t}  {state}")
     return lines
+
+
+def transcript(flow: Flow, log: list[ev.Event], *, outcome: str | None = None) -> list[str]:
+    """The whole call's transcript; ``outcome`` (as `engine calls` shows it) names how it ended."""
+    return [line for st in steps(flow, log)
+            for line in step_lines(st.event, st.effects, st.before, st.after, outcome=outcome)]
 
 
 def _ms(v: int | None) -> str:
@@ -60,8 +72,8 @@ def turn_table(ts: list[Turn]) -> list[str]:
     v2v = [t.voice_to_voice_ms for t in ts if t.voice_to_voice_ms is not None]
     if v2v:
         lines.append(f"voice-to-voice: p50 {percentile(v2v, 0.5)} ms, p90 {percentile(v2v, 0.9)} ms, "
-                     f"max {max(v2v)} ms over {len(v2v)} turns")
+                     f"max {max(v2v)} ms over {plural(len(v2v), 'turn')}")
     return lines
 
 
-__all__ = ["transcript", "turn_table", "turns"]
+__all__ = ["step_lines", "transcript", "turn_table", "turns"]

@@ -53,7 +53,7 @@ class Server:
         self.clocks[call_id] = TurnClock()
         self.metrics.active += 1
         call.main.add_done_callback(lambda _t, cid=call_id: self._ended(cid))
-        log.info("call %s started", call_id)
+        log.info("call %s started", call_id, extra={"call_id": call_id, "call_sid": call_sid})
         return call
 
     def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
@@ -63,6 +63,8 @@ class Server:
         v2v = self.clocks[call.call_id].step(event, effects, before, call.machine.state)
         if v2v is not None:
             self.metrics.v2v.observe(v2v)
+            log.info("call %s: agent answered, voice to voice %d ms", call.call_id, v2v,
+                     extra={"call_id": call.call_id, "v2v_ms": v2v})
 
     def _ended(self, call_id: str) -> None:
         call = self.calls.pop(call_id, None)
@@ -70,7 +72,7 @@ class Server:
         self.metrics.active -= 1
         if call is not None:
             self.metrics.calls[call.outcome] += 1
-            log.info("call %s ended (%s)", call_id, call.outcome)
+            log.info("call %s ended (%s)", call_id, call.outcome, extra={"call_id": call_id, "outcome": call.outcome})
 
     def app(self) -> web.Application:
         from adapters.twilio import create_app

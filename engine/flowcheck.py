@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 _DTMF = set("0123456789*#")
+_TYPES = ["array", "boolean", "integer", "null", "number", "object", "string"]
 _URL = re.compile(r"https?://[^/\s]", re.I)
 Loc = tuple[str | int, ...]
 
@@ -42,6 +43,9 @@ class Checks:
             url = webhook.get("url") if isinstance(webhook, dict) else None
             if isinstance(url, str) and not _URL.match(url):
                 self.error(("tools", name, "webhook", "url"), "must be an http:// or https:// URL")
+            params = tool.get("parameters") if isinstance(tool, dict) else None
+            if isinstance(params, dict):
+                self.parameters(params, ("tools", name, "parameters"))
         self.turn_taking(self.d.get("turn_taking"), ("turn_taking",))
         local = self.d.get("local")
         replies = local.get("replies") if isinstance(local, dict) else None
@@ -50,6 +54,35 @@ class Checks:
             if isinstance(tool, str) and tool != "goto" and tool not in self.tools:
                 self.error(("local", "replies", i, "tool"), _unknown("tool", tool, list(self.tools)))
         self.graph()
+
+    def parameters(self, schema: dict[str, Any], path: Loc) -> None:
+        """A tool's `parameters` is JSON Schema (the LLM sees it as is): checked against the 2020-12
+        metaschema, an object at the top, and every `required` name one of its `properties`."""
+        from jsonschema import Draft202012Validator
+
+        errors = sorted(Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema),
+                        key=lambda e: list(map(str, e.path)))
+        for err in errors:
+            where = (*path, *err.path)
+            if err.path and err.path[-1] == "type" and isinstance(err.instance, str):
+                self.error(where, _unknown("JSON Schema type", err.instance, _TYPES).replace("named ", ""))
+            else:
+                self.error(where, f"not valid JSON Schema: {err.message}")
+        if not errors and schema.get("type") != "object":
+            self.error((*path, "type"), "a tool's parameters must be a JSON Schema of type 'object'")
+        self._required(schema, path)
+
+    def _required(self, schema: dict[str, Any], path: Loc) -> None:
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        required = schema.get("required")
+        for i, name in enumerate(required if isinstance(required, list) else []):
+            if name not in props:
+                self.error((*path, "required", i), _unknown("property", str(name), list(props)))
+        for key, sub in props.items():
+            if isinstance(sub, dict):
+                self._required(sub, (*path, "properties", key))
+        if isinstance(schema.get("items"), dict):
+            self._required(schema["items"], (*path, "items"))
 
     def turn_taking(self, value: Any, path: Loc) -> None:
         if isinstance(value, dict):

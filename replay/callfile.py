@@ -26,20 +26,23 @@ class CallFile:
     call_id: str
     flow: Flow
     events: list[ev.Event]
+    outcome: str | None = None
     schema_version: int = ev.SCHEMA_VERSION
 
 
-def dump(call_id: str, flow: Flow, events: list[ev.Event], schema_version: int = ev.SCHEMA_VERSION) -> str:
+def dump(call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None,
+         schema_version: int = ev.SCHEMA_VERSION) -> str:
     head = json.dumps({"flow": flow.model_dump(mode="json"), "call_id": call_id,
-                       "schema_version": schema_version}, ensure_ascii=False)
+                       **({"outcome": outcome} if outcome else {}), "schema_version": schema_version},
+                      ensure_ascii=False)
     return "\n".join([head, *(ev.dumps(call_id, e) for e in events)]) + "\n"
 
 
-def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event],
+def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None,
           schema_version: int = ev.SCHEMA_VERSION) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(dump(call_id, flow, events, schema_version), encoding="utf-8")
+    p.write_text(dump(call_id, flow, events, outcome, schema_version), encoding="utf-8")
 
 
 def load(path: str | Path) -> CallFile:
@@ -52,6 +55,8 @@ def load(path: str | Path) -> CallFile:
         raise CallFileError(f"{p}: empty; line 1 must be {{\"flow\": ...}}")
     try:
         head = json.loads(lines[0])
+        if not isinstance(head, dict):
+            raise TypeError("line 1 is not an object")
         flow = Flow.model_validate(head["flow"])
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
         raise CallFileError(f"{p}:1: expected {{\"flow\": ...}} ({exc})") from None
@@ -69,4 +74,6 @@ def load(path: str | Path) -> CallFile:
     version = head.get("schema_version", 1)
     if not isinstance(version, int) or not 1 <= version <= ev.SCHEMA_VERSION:
         raise CallFileError(f"{p}:1: schema_version {version!r}: this engine reads 1 to {ev.SCHEMA_VERSION}")
-    return CallFile(call_id=str(call_id), flow=flow, events=events, schema_version=version)
+    outcome = head.get("outcome")
+    return CallFile(call_id=str(call_id), flow=flow, events=events,
+                    outcome=outcome if isinstance(outcome, str) else None, schema_version=version)

@@ -15,6 +15,7 @@ from typing import Any
 
 from replay.timeline import Timeline
 from replay.turns import percentile
+from replay.words import plural, width
 
 
 @dataclass
@@ -128,10 +129,10 @@ def _ms(v: int | None) -> str:
 def render(summary: Summary) -> list[str]:
     s = summary.as_json()
     tot, v = s["totals"], s["voice_to_voice_ms"]
-    lines = [f"{tot['calls']} calls, {tot['turns']} turns" + (f" ({tot['unreadable']} unreadable)"
+    lines = [f"{plural(tot['calls'], 'call')}, {plural(tot['turns'], 'turn')}" + (f" ({tot['unreadable']} unreadable)"
                                                                 if tot["unreadable"] else ""),
              f"voice to voice: p50 {_ms(v['p50'])} ms, p90 {_ms(v['p90'])} ms, p99 {_ms(v['p99'])} ms "
-             f"over {v['turns']} turns",
+             f"over {plural(v['turns'], 'turn')}",
              f"barge-ins {tot['barge_ins']} · false interruptions {tot['false_interruptions']} · "
              f"fillers {tot['fillers']} · reprompts {tot['reprompts']}",
              "outcomes: " + (", ".join(f"{k} {n}" for k, n in s["outcomes"].items()) or "-")]
@@ -143,13 +144,14 @@ def render(summary: Summary) -> list[str]:
                                        if t["errors"] else "")
             lines.append(f"{name:<24} {t['calls']:>5} {_ms(t['p50_ms']):>6} {_ms(t['p90_ms']):>6} "
                          f"{_ms(t['p99_ms']):>6} {_ms(t['max_ms']):>6} {errs:>6} {t['cancelled']:>6}")
-    lines += ["", f"{'call':<20} {'outcome':<15} {'turns':>5} {'p50':>6} {'p90':>6} {'p99':>6} {'barge':>5} "
+    cw = width("call", (c.call_id for c in summary.calls))
+    lines += ["", f"{'call':<{cw}} {'outcome':<15} {'turns':>5} {'p50':>6} {'p90':>6} {'p99':>6} {'barge':>5} "
                   f"{'false':>5} {'fill':>4} {'repr':>4} {'tools':>5}"]
     for c in summary.calls:
         if c.error is not None:
-            lines.append(f"{c.call_id:<20} {c.outcome or 'open':<15} error: {c.error}")
+            lines.append(f"{c.call_id:<{cw}} {c.outcome or 'open':<15} error: {c.error}")
             continue
-        lines.append(f"{c.call_id:<20} {c.outcome or 'open':<15} {c.turns:>5} {_ms(c.v2v_p50):>6} "
+        lines.append(f"{c.call_id:<{cw}} {c.outcome or 'open':<15} {c.turns:>5} {_ms(c.v2v_p50):>6} "
                      f"{_ms(c.v2v_p90):>6} {_ms(c.v2v_p99):>6} {c.barge_ins:>5} {c.false_interruptions:>5} "
                      f"{c.fillers:>4} {c.reprompts:>4} {len(c.tools):>5}")
     return lines

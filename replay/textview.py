@@ -12,7 +12,7 @@ import sys
 import textwrap
 from typing import TextIO
 
-from replay.timeline import Row, Timeline, sec
+from replay.timeline import Row, Timeline, sec, tool_failure
 from replay.turns import Turn, percentile
 
 _W = {"time": 8, "state": 36, "caller": 32, "agent": 38}
@@ -98,7 +98,7 @@ def summary(tl: Timeline) -> list[str]:
              f"fillers {len(tl.fillers)} · reprompts {len(tl.reprompts)} · tool calls {len(tools)}"]
     for t in tools:
         status = "cancelled" if t.cancelled else "no result" if t.end_ms is None else \
-            "ok" if t.ok else f"error {t.error}"
+            "ok" if t.ok else f"error {tool_failure(t.error, t.body)}"
         lines.append(f"  tool {t.name} at {sec(t.start_ms)}: {status}"
                      + (f" after {t.latency_ms} ms" if t.latency_ms is not None else ""))
     return lines

@@ -13,6 +13,7 @@ Rules:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,15 @@ class Timeline:
 def short(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def tool_failure(error: str | None, body: str) -> str:
+    """A failed tool result as one line: its code and the runner's detail (which names the URL)."""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return f"{error}: {detail}" if isinstance(detail, str) and detail else str(error)
 
 
 def sec(t_ms: int) -> str:
@@ -272,8 +282,9 @@ class _Builder:
                 call = self.tools[e.cause]
                 if call.end_ms is None:
                     call.end_ms, call.ok, call.error, call.body = t, e.ok, e.error, e.body
-                    status = "ok" if e.ok else f"error {e.error}"
-                    self.end("tools", e.cause, t, f"\n{status} after {t - call.start_ms} ms\n{short(e.body, 200)}",
+                    status = "ok" if e.ok else f"error {tool_failure(e.error, e.body)}"
+                    body = short(e.body, 200) if e.ok else e.body  # an error in full: it says what to fix
+                    self.end("tools", e.cause, t, f"\n{status} after {t - call.start_ms} ms\n{body}",
                              None if e.ok else "error")
                     row.effects.append(f"tool {e.name} → {status} ({t - call.start_ms} ms)")
             case ev.TimerFired() if e.cause is not None:

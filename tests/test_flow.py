@@ -213,7 +213,7 @@ def test_render_states_expands_lists_and_wildcards() -> None:
 def test_graph_prints_states_then_node_flowchart(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(graph, "_machine", lambda: (FAKE_TABLE, "listening"))
-    code, out, _ = run_cli(capsys, "graph", "flows/support_line.yaml")
+    code, out, _ = run_cli(capsys, "graph", "--only", "all", "flows/support_line.yaml")
     assert code == 0
     states, nodes = out.split("\n\n")
     assert states == graph.render_states(FAKE_TABLE, "listening")

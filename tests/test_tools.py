@@ -162,7 +162,7 @@ async def test_slow_server_gives_timeout_near_timeout_ms(server, make_runner):
     start = time.monotonic()
     result = await run(runner, "slow")
     assert not result.ok and result.error == "timeout"
-    assert json.loads(result.body) == {"error": "timeout", "detail": "no answer in 100 ms"}
+    assert json.loads(result.body) == {"error": "timeout", "detail": f"POST {server.base}/slow: no answer in 100 ms"}
     assert time.monotonic() - start < 2
 
 

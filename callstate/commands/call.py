@@ -16,6 +16,8 @@ from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
 from engine.events import CallTool, ToolResult
 from engine.store import SqliteStore, StoreError
+from replay.timeline import tool_failure
+from replay.words import plural
 from sim.offline import OfflineCall, OfflineResult
 from sim.script import ScriptError, load_script
 
@@ -69,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(transcript(flow, result.log)))  # type: ignore[arg-type]
     print()
     print("\n".join(turn_table(turns(flow, result.log))))  # type: ignore[arg-type]
-    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}) to {args.db}")
+    results = [e for e in result.log if isinstance(e, ToolResult)]
+    failed = [e for e in results if not e.ok]
+    for e in failed:  # also on stderr, in full: a tool that failed is the first thing to fix
+        print(f"warning: tool {e.name} failed: {tool_failure(e.error, e.body)}", file=sys.stderr)
+    tools = f", {len(failed)} of {plural(len(results), 'tool call')} failed" if failed else ""
+    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}{tools}) to {args.db}")
     print(f"replay it: engine replay {call_id} --db {args.db}")
     return 0

@@ -1,4 +1,8 @@
-"""`engine demo`: a full simulated phone call over loopback, logged, replayed and summarised."""
+"""`engine demo`: a full simulated phone call over loopback, printed as it happens, logged, replayed, summarised.
+
+Every run is its own call: the simulated phone sends a fresh CallSid, so a second run in the same directory
+logs a second call and reports on that one.
+"""
 
 from __future__ import annotations
 
@@ -6,49 +10,83 @@ import argparse
 import asyncio
 import sys
 import time
+import uuid
 
 from callstate.logs import DEFAULT_DB
 
-HELP = "run a simulated shipment-status call end to end (offline), then replay and summarise it"
+HELP = "run a simulated shipment-status phone call end to end (offline), then replay and summarise it"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help="the call log")
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # flushed: the transcript is read as the call happens, also through a pipe
 
 
 async def _demo(db: str) -> int:
     from adapters.audio import load_fixture
     from callstate.demo import LINES, caller_params, demo_flow, start_webhook
     from callstate.providers import build_providers
-    from callstate.report import transcript, turn_table, turns
+    from callstate.report import step_lines, turn_table, turns
     from callstate.server import Server, start
     from callstate.simcaller import CallerLine, SimCaller
+    from engine import events as ev
+    from engine.runtime import LiveCall
     from engine.store import SqliteStore
     from replay.reproduce import reproduce
+
+    class DemoServer(Server):
+        """engine serve's application, printing each step of the call as the machine takes it."""
+
+        opened: list[str] = []
+
+        async def on_call(self, info: object, phone: object) -> LiveCall:
+            call = await super().on_call(info, phone)
+            self.opened.append(call.call_id)
+            _say(f"call {call.call_id} answered; the caller speaks recorded speech (about 25 s)\n")
+            return call
+
+        def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str,
+                     us: int) -> None:
+            super()._on_step(call, event, effects, before, us)
+            if not isinstance(event, ev.CallEnded):  # said below, with the outcome `engine calls` shows
+                for line in step_lines(event, effects, before, str(call.machine.state)):
+                    _say(line)
 
     hook = await start_webhook()
     flow = demo_flow(hook.url)
     store = SqliteStore(db)
-    server = Server(flow, build_providers(flow, {}), store, skip_signature=True)
+    server = DemoServer(flow, build_providers(flow, {}), store, skip_signature=True)
     runner, port = await start(server)
-    print(f"engine serve on 127.0.0.1:{port} (offline providers); shipment API on {hook.url}")
+    _say(f"engine serve on 127.0.0.1:{port} (offline providers); shipment API on {hook.url}")
     lines = [CallerLine(audio=load_fixture(name), gap_ms=300) for name, _ in LINES]
     lines[2] = CallerLine(audio=load_fixture(LINES[2][0]), barge_in_after_ms=2200)  # over the long answer
     caller = SimCaller(f"ws://127.0.0.1:{port}/media", lines=lines, params=caller_params())
+    caller.call_sid = "CA" + uuid.uuid4().hex  # a fresh CallSid per run, as Twilio gives each call
     began = time.monotonic()
-    await caller.run()
-    while server.calls:  # the call task flushes and closes its log when the stream has ended
-        await asyncio.sleep(0.05)
-    await runner.cleanup()
-    await hook.runner.cleanup()
-    call_id = store.list_calls()[-1].call_id
+    try:
+        await caller.run()
+        while server.calls:  # the call task flushes and closes its log when the stream has ended
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.cleanup()
+        await hook.runner.cleanup()
+    if not server.opened:
+        print("error: the simulated call never reached the server", file=sys.stderr)
+        store.close()
+        return 1
+    call_id = server.opened[-1]
     store.flush()
+    row = next(r for r in store.list_calls() if r.call_id == call_id)
     events = store.load(call_id)
     store.close()
-    print(f"call {call_id}: {time.monotonic() - began:.1f} s of phone time, {len(events)} events logged to {db}\n")
-    print("\n".join(transcript(flow, events)))
-    print()
-    print("\n".join(turn_table(turns(flow, events))))
+    ended = [e for e in events if isinstance(e, ev.CallEnded)]
+    if ended:
+        _say("\n".join(step_lines(ended[-1], [], "", "", outcome=row.outcome or row.status)))
+    _say(f"\ncall {call_id}: {time.monotonic() - began:.1f} s of phone time, {len(events)} events logged to {db}\n")
+    _say("\n".join(turn_table(turns(flow, events))))
     result = reproduce(flow, events, call_id=call_id)
     print()
     if result.divergence is not None:

@@ -12,12 +12,14 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-HELP = "print Mermaid diagrams: the call states, and a flow's nodes"
+HELP = "print a flow's node graph as a Mermaid diagram (no FLOW: the engine's call states)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("flow", nargs="?", metavar="FLOW", help="flow YAML file (adds the node flowchart)")
-    parser.add_argument("--only", choices=["states", "nodes"], help="print one diagram only")
+    parser.add_argument("flow", nargs="?", metavar="FLOW", help="flow YAML file: draw its nodes")
+    parser.add_argument("--only", choices=["states", "nodes", "all"],
+                        help="which diagram: nodes (the default with a FLOW), states (the default without), "
+                             "or all (the call states, then the flow's nodes)")
     parser.add_argument("--markdown", action="store_true", help="wrap each diagram in a ```mermaid fence")
 
 
@@ -98,16 +100,27 @@ def _machine() -> tuple[list[Mapping[str, Any]], str | None]:
     return machine.TRANSITIONS, (next(iter(states)).value if states is not None else None)
 
 
+def render_flow(flow: Any) -> str:
+    """The flow's own graph: its nodes, or for a flow without nodes the one conversation and its tools."""
+    if flow.nodes:
+        return render_nodes(flow)
+    lines = ["flowchart TD", "    start((start))", f"    conv[{_quote(flow.name + ': one conversation')}]",
+             "    start --> conv"]
+    lines += [f"    conv -.->|{_quote('tool')}| t{i}[/{_quote(name)}/]" for i, name in enumerate(flow.tools)]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
+    only = args.only or ("nodes" if args.flow else "states")
     diagrams: list[str] = []
-    if args.only != "nodes":
+    if only in ("states", "all"):
         try:
             transitions, initial = _machine()
         except ImportError as exc:
             print(f"engine graph: can't import engine.machine ({exc})", file=sys.stderr)
             return 1
         diagrams.append(render_states(transitions, initial))
-    if args.flow and args.only != "states":
+    if args.flow and only in ("nodes", "all"):
         from callstate.flows import FlowError, load_flow
 
         try:
@@ -115,10 +128,9 @@ def run(args: argparse.Namespace) -> int:
         except FlowError as exc:
             print("\n".join(exc.errors), file=sys.stderr)
             return 1
-        if flow.nodes:
-            diagrams.append(render_nodes(flow))
-    elif args.only == "nodes":
-        print("engine graph --only nodes: give a FLOW", file=sys.stderr)
+        diagrams.append(render_flow(flow))
+    elif only in ("nodes", "all") and not args.flow:
+        print(f"engine graph --only {only}: give a FLOW", file=sys.stderr)
         return 2
     for i, diagram in enumerate(diagrams):
         print("```mermaid\n" + diagram + "\n```" if args.markdown else diagram)

@@ -20,12 +20,13 @@ from replay.overrides import OverrideError, apply_sets
 from replay.reproduce import reproduce
 from replay.timeline import Timeline, build
 from replay.whatif import what_if
+from replay.words import plural
 
 HELP = "reproduce a logged call; --timeline/--html to show it, --set/--flow for a what-if"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("call_id")
+    p.add_argument("call_id", metavar="CALL_ID|FILE.jsonl", help="a call in the DB, or a file `engine export` wrote")
     p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
     p.add_argument("--timeline", action="store_true", help="print a text timeline of the call")
     p.add_argument("--html", metavar="OUT", help="write the call's timeline as one self-contained HTML page")
@@ -49,7 +50,7 @@ def _show(tl: Timeline, args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: cannot write {out}: {exc.strerror}", file=sys.stderr)
             return 1
-        print(f"wrote {out} ({len(tl.turns)} turns)")
+        print(f"wrote {out} ({plural(len(tl.turns), 'turn')})")
     return 0
 
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    args.call_id = call.row.call_id  # a file names its call on its first line
     result = reproduce(call.flow, call.events, call_id=args.call_id, schema_version=call.row.schema_version)
     if args.sets or args.flow:
         return _what_if(call, args, reproduced=result.ok)

@@ -16,23 +16,24 @@ from callstate.providers import build_providers, missing_keys
 from engine.store import StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
+LOG_LEVEL = "info"  # a server says what it does: one line per call started and ended
 log = logging.getLogger("callstate.serve")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
                    "default: from the Host / X-Forwarded-* headers")
     p.add_argument("--insecure-skip-signature", action="store_true",
-                   help="accept requests without a valid X-Twilio-Signature (local work only)")
+                   help="accept requests without a valid X-Twilio-Signature (local work only; without it, "
+                   "serve refuses to start unless TWILIO_AUTH_TOKEN is set)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
@@ -44,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
         for line in missing:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
+        return 1
+    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+        # Safe by default: without the token anyone who finds the port could place calls and stream audio.
+        print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
+              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
+              "work (`engine demo` needs neither)", file=sys.stderr)
         return 1
     try:
         return asyncio.run(_serve(args, flow))
@@ -60,8 +67,6 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
-    elif token is None:
-        log.warning("!!! TWILIO_AUTH_TOKEN is not set: Twilio request signatures are NOT checked.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
     rest = TwilioRest(sid, token) if sid and token else None
     if rest is None:
