@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from engine import events as ev
 from engine.logwriter import LogWriter
+from engine.states import CallState
 
 #: Voice-to-voice buckets (ms): dense around the 500 ms target and the ~700 ms talk-over point.
 V2V_BUCKETS = (200, 300, 400, 450, 500, 600, 700, 800, 1000, 1500, 2000, 5000)
@@ -110,10 +111,10 @@ class TurnClock:
         self.speech_end: int | None = None
         self.waiting = False
 
-    def step(self, event: ev.Input, effects: list[ev.Effect], before: str, after: str) -> int | None:
+    def observe(self, event: ev.Input, effects: list[ev.Effect], before: str, after: str) -> int | None:
         if isinstance(event, ev.SpeechStopped):
             self.speech_end = event.end_ms if event.end_ms is not None else event.t_ms
-        if before == "listening" and after == "thinking":
+        if before == CallState.LISTENING and after == CallState.THINKING:
             self.waiting = True
         if self.waiting and any(isinstance(e, ev.SendAudio) for e in effects) and self.speech_end is not None:
             self.waiting = False

@@ -215,7 +215,8 @@ def enter_node(c: Call, name: str, *, first: bool = False, caller: str | None = 
 # ------------------------------------------------------------------------------------------- the end
 
 
-def begin_closing(c: Call, text: str, action: type[ev.Hangup] | type[ev.Transfer], **fields: str) -> None:
+def begin_closing(c: Call, text: str, action: type[ev.Hangup] | type[ev.Transfer], *, purpose: str = "goodbye",
+                  **fields: str) -> None:
     """Say a last line (if any), then hang up or transfer once it has played."""
     if c.state == CallState.CLOSING:
         return
@@ -223,7 +224,7 @@ def begin_closing(c: Call, text: str, action: type[ev.Hangup] | type[ev.Transfer
     c.closing = Closing(action, fields)
     c.fire("close")
     if text:
-        speak(c, text, "goodbye")
+        speak(c, text, purpose)
     else:
         finish_closing(c)
 

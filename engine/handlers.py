@@ -49,16 +49,16 @@ def call_ended(c: Call, e: ev.CallEnded) -> None:
 
 
 def runtime_fault(c: Call, e: ev.RuntimeFault) -> None:
-    """Our side failed or is stopping: the caller hears the fallback line (unless the server is shutting
-    down), then the call is hung up; a deadline bounds the line, should the fault be in TTS itself."""
-    if e.reason == "shutdown":
+    """Our side failed (``error``): the caller hears the fallback line, then the call is hung up, with a
+    deadline on the line should the fault be in TTS itself. Any other reason (``shutdown``): hang up now."""
+    if e.reason != "error":
         end_everything(c)
-        c.emit(ev.Hangup, reason="shutdown")
+        c.emit(ev.Hangup, reason=e.reason)
         c.fire("end")
         return
     if c.state == CallState.CLOSING:
         return c.ignore("already_closing")
-    begin_closing(c, c.flow.fallback.llm, ev.Hangup, reason="error")
+    begin_closing(c, c.flow.fallback.llm, ev.Hangup, purpose="fallback", reason="error")
     if c.state == CallState.CLOSING:
         c.set_timer("fault", c.now + policy.FAULT_LINE_MS)
 

@@ -35,8 +35,10 @@ from engine.caller import agent_interruptible, barge_in_confirmed
 from engine.flow import Flow
 from engine.states import CallState, Floor
 
-L, T, S, I, P, C, E = (CallState.LISTENING, CallState.THINKING, CallState.SPEAKING, CallState.INTERRUPTED,
-                       CallState.TOOL_PENDING, CallState.CLOSING, CallState.ENDED)
+# one letter each, so the table reads as a table
+L, T, S, P, C, E = (CallState.LISTENING, CallState.THINKING, CallState.SPEAKING, CallState.TOOL_PENDING,
+                    CallState.CLOSING, CallState.ENDED)
+I = CallState.INTERRUPTED  # noqa: E741
 LIVE = [L, T, S, I, P]
 
 # The agent's half. Rows are tried in order; a guard is a named function of the call.

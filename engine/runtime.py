@@ -7,7 +7,9 @@ Rules:
 - The machine is the only judge of what plays: TTS audio is held here (bytes are not events) until the
   machine answers its TtsAudio with SendAudio; audio of a cancelled Speak is never sent.
 - Timers are loop callbacks; a timer cancelled after it fired is answered by the machine as stale.
-- A failure in this call's code ends this call (logged, the fallback line tried) and never another call.
+- A failure in this call's code ends this call and never another: it is fed to the machine as
+  RuntimeFault(error), so the fallback line and the hang-up are logged effects like any other; only if the
+  machine itself fails again is the line hung up directly. A server shutdown is RuntimeFault(shutdown).
 - This is the one module of engine/ that reads a clock.
 """
 
@@ -26,6 +28,7 @@ from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine
 from engine.ports import Llm, Phone, Stt, Tools, Tts
+from engine.states import CallState
 from engine.store import Store
 
 log = logging.getLogger("callstate.runtime")
@@ -35,6 +38,9 @@ log = logging.getLogger("callstate.runtime")
 #: fine enough to cut heard text at about a word.
 CHUNK_MS = 200
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+#: CallEnded reasons that mean the caller's line is gone (Twilio's stop, a dropped socket, after our own
+#: Hangup or Transfer). Any other reason is our side ending the stream, fed as a RuntimeFault.
+CALLER_GONE = ("stop", "ws_closed_without_stop", "hangup", "transfer", "caller_hung_up")
 
 
 class Vad(Protocol):
@@ -65,7 +71,7 @@ class Providers:
 
 
 @dataclass
-class CallStats:
+class EngineTimes:
     """Wall-clock measures the log does not hold (they differ between runs by nature)."""
 
     engine_us_by_seq: dict[int, int] = field(default_factory=dict)  # input seq -> feed + log + dispatch
@@ -87,9 +93,10 @@ class LiveCall:
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self.inbox: asyncio.Queue[tuple[ev.Input, bytes | None]] = asyncio.Queue()
-        self.stats = CallStats()
+        self.stats = EngineTimes()
         self.on_step = on_step
-        self.marks: dict[str, int] = {}  # mark name -> SendMark seq (Twilio echoes names only)
+        self.faulted = False  # a RuntimeFault was fed: the next failure hangs up directly
+        self.hanging_up: asyncio.Future[Any] | None = None
         self.tasks: dict[int, asyncio.Task[Any]] = {}  # StartLlm / CallTool seq -> task
         self.timers: dict[int, asyncio.TimerHandle] = {}
         self.tts_queue: asyncio.Queue[ev.Speak] = asyncio.Queue()
@@ -114,7 +121,11 @@ class LiveCall:
         if self.done.is_set():
             return
         if isinstance(event, ev.PlaybackMark) and event.cause is None:
-            event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.marks.get(event.name))
+            # Twilio echoes names only; the machine knows which SendMark each name was
+            event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.machine.view.mark_sent(event.name))
+        if isinstance(event, ev.CallEnded) and event.reason not in CALLER_GONE:
+            # our side is stopping the stream (shutdown): the hang-up must go through the machine and the log
+            event = ev.RuntimeFault(t_ms=0, reason=event.reason)
         stamped = _restamp(event, self.now_ms())
         self.inbox.put_nowait((stamped, payload))
 
@@ -143,38 +154,18 @@ class LiveCall:
         try:
             while True:
                 event, payload = await self.inbox.get()
-                started = time.perf_counter_ns()
-                before = self.machine.state
-                stamped, effects = self.machine.step(event)
-                self.store.append(self.call_id, stamped)
-                for effect in effects:
-                    self.store.append(self.call_id, effect)
-                for effect in effects:
-                    if isinstance(effect, ev.SendAudio) and payload is not None:
-                        self._spawn(self.phone.send_audio(payload))  # this input's audio, allowed out
-                    else:
-                        self._carry_out(effect)
-                elapsed = (time.perf_counter_ns() - started) // 1000
-                self.stats.engine_us_by_seq[stamped.seq] = elapsed
-                if any(isinstance(e, ev.ClearPlayback) for e in effects):
-                    self.stats.barge_in_us.append(elapsed)
-                if self.on_step is not None:
-                    self.on_step(self, stamped, effects, before, elapsed)
-                if (before != "listening" and self.machine.state == "listening") or isinstance(stamped, ev.CallEnded):
-                    # a turn boundary (the agent is done): what is flushed survives a crash. Not at the
-                    # endpoint: that step starts the answer, and a flush would delay it. Deferred one loop
-                    # turn so the tasks this step spawned (a barge-in's clear) reach their sockets first.
-                    self.loop.call_soon(self.store.flush)
-                if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
-                    if stamped.reason not in ("stop", "ws_closed_without_stop", "hangup", "transfer"):
-                        # ended from our side (shutdown): hang up, or the caller hears silence forever
+                try:
+                    if await self._step(event, payload):
+                        break
+                except Exception:
+                    log.exception("call %s: runtime failure; ending the call", self.call_id)
+                    self.outcome = "error"
+                    if self.faulted:  # the machine could not even take the fault: hang up, off the record
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(self.phone.hangup(), 5)
-                    break
-        except Exception:
-            log.exception("call %s: runtime failure; ending the call", self.call_id)
-            self.outcome = "error"
-            await self._fail()
+                        break
+                    self.faulted = True
+                    self.emit(ev.RuntimeFault(t_ms=0, reason="error"))  # the fallback line, then Hangup
         finally:
             for t in (stt_task, tts_task, *self.tasks.values()):
                 t.cancel()
@@ -187,30 +178,55 @@ class LiveCall:
             self.done.set()
             self._close_log()
 
+    async def _step(self, event: ev.Input, payload: bytes | None) -> bool:
+        """Feed, log, carry out one input; True when the call is over for this task."""
+        started = time.perf_counter_ns()
+        view = self.machine.view
+        before = view.state
+        stamped, effects = self.machine.step(event)
+        self.store.append(self.call_id, stamped)
+        for effect in effects:
+            self.store.append(self.call_id, effect)
+        for effect in effects:
+            if isinstance(effect, ev.SendAudio) and payload is not None:
+                self._spawn(self.phone.send_audio(payload))  # this input's audio, allowed out
+            else:
+                self._carry_out(effect)
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        self.stats.engine_us_by_seq[stamped.seq] = elapsed
+        if any(isinstance(e, ev.ClearPlayback) for e in effects):
+            self.stats.barge_in_us.append(elapsed)
+        if self.on_step is not None:
+            self.on_step(self, stamped, effects, before, elapsed)
+        if (before != CallState.LISTENING and view.state == CallState.LISTENING) or view.ended:
+            # a turn boundary (the agent is done): what is flushed survives a crash. Not at the
+            # endpoint: that step starts the answer, and a flush would delay it. Deferred one loop
+            # turn so the tasks this step spawned (a barge-in's clear) reach their sockets first.
+            self.loop.call_soon(self.store.flush)
+        if not view.ended:
+            return False
+        if isinstance(stamped, ev.CallEnded):
+            return True  # the caller is gone
+        if self.faulted or isinstance(stamped, ev.RuntimeFault):
+            # ended from our side, the hang-up is on the record: see it through, or the caller hears
+            # silence forever (the server may be about to exit)
+            if self.hanging_up is not None:
+                await asyncio.wait({self.hanging_up}, timeout=5)
+            return True
+        return False
+
     def _close_log(self) -> None:
         try:
-            self.store.close_call(self.call_id, outcome=self.outcome, ended_t_ms=self.machine.now,
-                                  turns=self.machine.turn_count, meta={"engine_us": self.stats.engine_us_by_seq})
+            self.store.close_call(self.call_id, outcome=self.outcome, ended_t_ms=self.machine.view.now,
+                                  turns=self.machine.view.turns, meta={"engine_us": self.stats.engine_us_by_seq})
         except Exception:
             log.exception("call %s: could not close its log", self.call_id)
-
-    async def _fail(self) -> None:
-        """Say the fallback line where the phone still works, then end the call."""
-        async def say_and_hang_up() -> None:
-            speak = ev.Speak(t_ms=self.now_ms(), text=self.flow.fallback.llm, purpose="fallback")
-            async for chunk in self.p.tts.synthesize(speak):
-                await self.phone.send_audio(chunk)
-            await self.phone.hangup()
-
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(say_and_hang_up(), 10)
 
     # ------------------------------------------------------------------------------ effects
 
     def _carry_out(self, e: ev.Effect) -> None:
         match e:
             case ev.SendMark():
-                self.marks[e.name] = e.seq
                 self._spawn(self.phone.send_mark(e.name))
             case ev.ClearPlayback():
                 self._spawn(self.phone.clear())
@@ -235,8 +251,8 @@ class LiveCall:
                 if self.tts_current is not None and self.tts_current[0] == e.cause:
                     self.tts_current[1].cancel()
             case ev.Hangup():
-                self.outcome = "hangup"
-                self._spawn(self.phone.hangup())
+                self.outcome = "error" if e.reason == "error" else "hangup"
+                self.hanging_up = self._spawn(self.phone.hangup())
             case ev.Transfer():
                 self.outcome = "transfer"
                 self._spawn(self.phone.transfer(e.to))
@@ -247,9 +263,10 @@ class LiveCall:
         self.timers.pop(e.seq, None)
         self.emit(e.fired(t_ms=0))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
         task.add_done_callback(_report)
+        return task
 
     async def _llm(self, e: ev.StartLlm) -> None:
         try:

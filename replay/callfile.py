@@ -1,6 +1,7 @@
 """A call as one JSON Lines file (`engine export`): the flow on the first line, then one event a line.
 
-Line 1 is ``{"flow": <the flow as JSON>, "call_id": ..., "schema_version": N}`` (no version: 1); every other line is one event's envelope as
+Line 1 is ``{"flow": <the flow as JSON>, "call_id": ..., "schema_version": N}`` (no version: 1); every
+other line is one event's envelope as
 engine.events.dumps writes it. Such a file is a regression test by itself (tests/callhelper.py): it holds
 everything a replay needs.
 """

@@ -21,7 +21,7 @@ def flow(**overrides: Any) -> Flow:
     return Flow.model_validate(data)
 
 
-class CallScript:
+class MachineDriver:
     def __init__(self, flow: Flow = QUIET_FLOW, *, seed: int = 0) -> None:
         self.m = CallMachine(flow)
         self.log: list[ev.Event] = []
@@ -30,6 +30,11 @@ class CallScript:
     @property
     def state(self) -> str:
         return self.m.view.state
+
+    @property
+    def llm(self) -> int | None:
+        """The seq of the open StartLlm."""
+        return self.m.view.open_llm
 
     def feed(self, event: ev.Input) -> list[ev.Effect]:
         stamped, effects = self.m.step(event)
