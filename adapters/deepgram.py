@@ -32,7 +32,7 @@ from deepgram.speak.v1.types import SpeakV1Text
 
 from adapters.audio import FrameCutter
 from adapters.env import need as _need
-from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
+from engine.events import BYTES_PER_MS, Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
 
 # mu-law barely compresses, and deflating 50 frames a second per call was 10% of the engine's CPU at 100
 # calls (bench/v2v.py --profile). The SDK offers no option, so its socket factory gets compression=None.
@@ -42,7 +42,6 @@ for _raw in (_listen_raw, _speak_raw):
 Emit = Callable[[Input], None]
 
 REQUIRED_ENV = ("DEEPGRAM_API_KEY",)
-BYTES_PER_MS = 8  # mu-law 8 kHz mono (reference section 5)
 #: Reference 2.4: send KeepAlive every 3-5 s while no audio flows; Deepgram closes after 10 s (NET-0001).
 KEEPALIVE_S = 3.0
 RECONNECT_BACKOFF_S = (0.0, 0.2, 0.5)  # three tries inside ~1 s: the caller is mid-sentence

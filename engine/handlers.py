@@ -59,7 +59,7 @@ def runtime_fault(c: Call, e: ev.RuntimeFault) -> None:
     if c.state == CallState.CLOSING:
         return c.ignore("already_closing")
     begin_closing(c, c.flow.fallback.llm, ev.Hangup, purpose="fallback", reason="error")
-    if c.state == CallState.CLOSING:
+    if c.state in (CallState.CLOSING,):  # not ENDED: an empty fallback line ends the call at once
         c.set_timer("fault", c.now + policy.FAULT_LINE_MS)
 
 

@@ -37,7 +37,6 @@ log = logging.getLogger("callstate.runtime")
 #: TtsAudio, SendAudio and mark per 200 ms instead of per 20 ms frame keeps the log small and the marks
 #: fine enough to cut heard text at about a word.
 CHUNK_MS = 200
-FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
 #: CallEnded reasons that mean the caller's line is gone (Twilio's stop, a dropped socket, after our own
 #: Hangup or Transfer). Any other reason is our side ending the stream, fed as a RuntimeFault.
 CALLER_GONE = ("stop", "ws_closed_without_stop", "hangup", "transfer", "caller_hung_up")
@@ -131,7 +130,7 @@ class LiveCall:
 
     def audio_in(self, mulaw: bytes) -> None:
         """One inbound 20 ms frame: local VAD (barge-in must not wait for the STT), then to the STT."""
-        t_audio = self.frames_in * 20
+        t_audio = self.frames_in * ev.FRAME_MS
         self.frames_in += 1
         change = self.vad.feed(mulaw, t_audio)
         if change == "start":
@@ -264,7 +263,7 @@ class LiveCall:
         self.emit(e.fired(t_ms=0))
 
     def _spawn(self, coro: Any) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
         task.add_done_callback(_report)
         return task
 
@@ -311,7 +310,7 @@ class LiveCall:
                 buf = b""
                 async for chunk in tts.synthesize(speak):
                     buf += chunk
-                    if not sent or len(buf) >= CHUNK_MS * 8:
+                    if not sent or len(buf) >= CHUNK_MS * ev.BYTES_PER_MS:
                         self._emit_audio(speak, buf)
                         buf, sent = b"", True
                 if buf:
@@ -327,8 +326,8 @@ class LiveCall:
         self.emit(ev.TtsError(t_ms=0, cause=speak.seq, message="tts failed"))
 
     def _emit_audio(self, speak: ev.Speak, data: bytes) -> None:
-        whole = len(data) - len(data) % FRAME_BYTES or len(data)
-        self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // 8)), data)
+        whole = len(data) - len(data) % ev.FRAME_BYTES or len(data)
+        self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // ev.BYTES_PER_MS)), data)
 
     async def _stt_pump(self) -> None:
         try:
@@ -341,7 +340,7 @@ class LiveCall:
             try:
                 if frame == b"":
                     await self.stt.speech_stopped()
-                else:
+                elif frame is not None:
                     await self.stt.send_audio(frame)
             except Exception as exc:
                 self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))

@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
+from engine.codec import from_record, to_record
+from engine.events import SCHEMA_VERSION, Event, EventError
 from engine.logwriter import LogWriter
 
 Status = Literal["open", "ended", "abandoned"]
@@ -71,7 +72,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _row(call_id: str, event: Event) -> Row:
-    r = to_record(call_id, event)  # the one envelope definition lives in events.py
+    r = to_record(call_id, event)  # the one envelope definition lives in codec.py
     return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(r["data"]), r["cause"])
 
 
@@ -297,15 +298,15 @@ class SqliteStore(Store):
             # Leave an existing log byte for byte as it is: create(strict=True) probes with a scratch table.
             return
         with db.atomic():
-            db["calls"].create(
+            db.table("calls").create(
                 {"call_id": str, "started_at": str, "flow": str, "schema_version": int, "status": str,
                  "outcome": str, "ended_t_ms": int, "turns": int, "last_seq": int, "meta": str},
                 pk="call_id", not_null=["started_at", "flow", "schema_version", "status", "meta"],
                 strict=True)
-            db["events"].create(
+            db.table("events").create(
                 {"call_id": str, "seq": int, "t_ms": int, "kind": str, "type": str, "data": str,
                  "cause": int}, pk=("call_id", "seq"), not_null=["t_ms", "kind", "type", "data"], strict=True)
-            db["calls"].create_index(["started_at"])
+            db.table("calls").create_index(["started_at"])
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:

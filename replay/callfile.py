@@ -2,7 +2,7 @@
 
 Line 1 is ``{"flow": <the flow as JSON>, "call_id": ..., "schema_version": N}`` (no version: 1); every
 other line is one event's envelope as
-engine.events.dumps writes it. Such a file is a regression test by itself (tests/callhelper.py): it holds
+engine.codec.dumps writes it. Such a file is a regression test by itself (tests/callhelper.py): it holds
 everything a replay needs.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from engine import codec
 from engine import events as ev
 from engine.flow import Flow
 
@@ -36,7 +37,7 @@ def dump(call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None =
     head = json.dumps({"flow": flow.model_dump(mode="json"), "call_id": call_id,
                        **({"outcome": outcome} if outcome else {}), "schema_version": schema_version},
                       ensure_ascii=False)
-    return "\n".join([head, *(ev.dumps(call_id, e) for e in events)]) + "\n"
+    return "\n".join([head, *(codec.dumps(call_id, e) for e in events)]) + "\n"
 
 
 def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None,
@@ -68,7 +69,7 @@ def load(path: str | Path) -> CallFile:
         if not line.strip():
             continue
         try:
-            events.append(ev.loads(line))
+            events.append(codec.loads(line))
         except ev.EventError as exc:
             raise CallFileError(f"{p}:{n}: {exc}") from None
     call_id = head.get("call_id") or (json.loads(lines[1]).get("call_id") if len(lines) > 1 else None) or p.stem

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from engine import codec
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine, EngineMisuse
@@ -33,7 +34,7 @@ class Divergence:
         lines.append(f"  logged:   {_show(self.logged)}")
         lines.append(f"  replayed: {_show(self.replayed)}")
         if self.logged is not None and self.replayed is not None and type(self.logged) is type(self.replayed):
-            a, b = ev.to_record(call_id, self.logged), ev.to_record(call_id, self.replayed)
+            a, b = codec.to_record(call_id, self.logged), codec.to_record(call_id, self.replayed)
             for key in ("t_ms", "cause"):
                 if a[key] != b[key]:
                     lines.append(f"  {key}: {a[key]!r} != {b[key]!r}")
@@ -100,7 +101,7 @@ def _label(e: ev.Event) -> str:
 def _show(e: ev.Event | None) -> str:
     if e is None:
         return "(nothing)"
-    data = ev.to_record("", e)["data"]
+    data = codec.to_record("", e)["data"]
     return f"seq {e.seq} t={e.t_ms} {type(e).__name__} {_short(data, 160)}"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.codec import to_record
 from engine.events import (
     SCHEMA_VERSION,
     CallStarted,
@@ -19,7 +20,6 @@ from engine.events import (
     StartLlm,
     ToolSpec,
     Transcript,
-    to_record,
 )
 from engine.store import CallRow, MemoryStore, SqliteStore, Store, StoreError
 
