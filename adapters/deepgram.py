@@ -1,4 +1,4 @@
-"""Deepgram: live STT (listen v1 WebSocket) and Aura TTS (speak v1 WebSocket), both through deepgram-sdk.
+"""Deepgram: live STT (listen v1 WebSocket) through deepgram-sdk, and what Aura TTS (adapters/aura.py) shares.
 
 Rules:
 - Imports engine.events and deepgram-sdk (plus websockets, the SDK's transport, for its close errors).
@@ -7,8 +7,6 @@ Rules:
   become call time: ``t0_ms`` + where this connection's audio began in the stream + Deepgram's seconds.
 - A dropped STT socket is a ProviderNotice, not an error: we reconnect (backoff 0, 200, 500 ms) and resend
   the audio after the last final result (what Deepgram may not have transcribed), gap included.
-- TTS yields mu-law 8 kHz in 160-byte (20 ms) multiples as it arrives; closing the generator closes the
-  socket.
 - No key in any event or exception text: SDK errors are replaced by our own short messages.
 """
 
@@ -17,27 +15,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import importlib
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
-import deepgram.listen.v1.raw_client as _listen_raw
-import deepgram.speak.v1.raw_client as _speak_raw
 import websockets.exceptions
 from deepgram import AsyncDeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient as ListenSocket
-from deepgram.speak.v1.types import SpeakV1Text
 
-from adapters.audio import FrameCutter
 from adapters.env import need as _need
-from engine.events import BYTES_PER_MS, Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
+from engine.events import BYTES_PER_MS, Input, ProviderNotice, SpeechStarted, Transcript, UtteranceEnd
 
-# mu-law barely compresses, and deflating 50 frames a second per call was 10% of the engine's CPU at 100
-# calls (bench/v2v.py --profile). The SDK offers no option, so its socket factory gets compression=None.
-for _raw in (_listen_raw, _speak_raw):
-    _raw.websockets_client_connect = functools.partial(_raw.websockets_client_connect, compression=None)
+#: The SDK modules that call websockets' connect through a name of their own: ``client.py`` is what
+#: ``client.listen.v1.connect`` / ``client.speak.v1.connect`` run, ``raw_client.py`` the raw variant
+#: (deepgram/transport.py's ``_TARGET_MODULES`` patches the same names to swap the transport).
+_SOCKET_MODULES = ("deepgram.listen.v1.client", "deepgram.listen.v1.raw_client",
+                   "deepgram.speak.v1.client", "deepgram.speak.v1.raw_client")
+
+
+def _no_deflate() -> None:
+    """mu-law barely compresses, so offering permessage-deflate only costs CPU (bench/README.md): every
+    module's connect gets ``compression=None`` and the handshake offers no extension. The SDK has no option."""
+    for name in _SOCKET_MODULES:
+        module = importlib.import_module(name)
+        connect = getattr(module, "websockets_client_connect", None)
+        # websockets' own connect only: not twice, and not a transport the SDK's install_transport put there
+        if getattr(connect, "__module__", "").startswith("websockets"):
+            module.websockets_client_connect = functools.partial(connect, compression=None)  # type: ignore[attr-defined]
+
+
+_no_deflate()
 
 Emit = Callable[[Input], None]
 
@@ -292,50 +302,5 @@ class DeepgramSttSession:
                     await self._conn.send_keep_alive()
 
 
-class DeepgramTts:
-    """``engine.ports.Tts`` over Aura's speak v1 WebSocket: one socket per Speak (Speak text, Flush)."""
-
-    REQUIRED_ENV = REQUIRED_ENV
-
-    def __init__(self, api_key: str, *, voice: str = "aura-2-thalia-en", base_url: str | None = None) -> None:
-        self.voice = voice
-        self._client = AsyncDeepgramClient(api_key=api_key, environment=environment(base_url))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], **settings: Any) -> DeepgramTts:
-        return cls(_need(env, "DEEPGRAM_API_KEY"), base_url=env.get("DEEPGRAM_BASE_URL") or None, **settings)
-
-    async def synthesize(self, effect: Speak) -> AsyncIterator[bytes]:
-        stack = AsyncExitStack()
-        try:
-            connect = self._client.speak.v1.connect(model=self.voice, encoding="mulaw", sample_rate=8000)
-            conn = await _open(stack, connect, CONNECT_TIMEOUT_S, "tts")
-            frames, flushed = FrameCutter(), False
-            try:
-                await conn.send_text(SpeakV1Text(text=effect.text))
-                await conn.send_flush()
-                async for msg in conn:
-                    if isinstance(msg, bytes):
-                        out = frames.cut(msg)
-                        if out:
-                            yield out
-                    # Check the type string: the SDK's union can't tell Flushed from Cleared (same shape).
-                    elif getattr(msg, "type", None) == "Flushed":
-                        flushed = True
-                        break
-            except Exception:  # socket lost mid-stream: reported below, without the SDK's text
-                pass
-            if not flushed:
-                raise DeepgramError(f"deepgram tts: stream ended early, after {frames.sent // BYTES_PER_MS} ms")
-            if tail := frames.tail():
-                yield tail
-        finally:
-            await _shut(stack)  # on aclose/cancel too: closing the socket stops the synthesis
-
-
 def stt_from_env(env: Mapping[str, str], **settings: Any) -> DeepgramStt:
     return DeepgramStt.from_env(env, **settings)
-
-
-def tts_from_env(env: Mapping[str, str], **settings: Any) -> DeepgramTts:
-    return DeepgramTts.from_env(env, **settings)

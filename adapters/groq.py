@@ -9,12 +9,18 @@ Rules:
 - Tool calls arrive as fragments keyed by index (reference 3.3); each is emitted whole when the stream ends.
 - Cancellation (task.cancel) closes the HTTP response at once; nothing is emitted after it.
 - Every event has ``t_ms=0`` (the runtime stamps arrival) and ``cause`` = the StartLlm's seq.
+- Reasoning is never spoken nor put into context: ``delta.reasoning`` is dropped, and ``<think>...</think>``
+  in the content (qwen3's ``raw`` format) is cut out. ``max_completion_tokens`` is the flow's reply budget
+  plus a reasoning allowance for the effort, because reasoning tokens come out of the same budget.
+- ``finish_reason: "length"`` speaks what came and puts a ProviderNotice on the record; with nothing to say
+  it is an LlmError (the flow's fallback line). ``x_groq.error`` (the stream stopped early) is an LlmError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,9 +30,11 @@ import httpx
 from groq import AsyncGroq
 
 from adapters.env import need as _need
+from adapters.reasoning import Reasoning, ThinkFilter, reasoning_for
 from engine.events import Input, LlmDone, LlmError, LlmToolCall, ProviderNotice, StartLlm
 
 Emit = Callable[[Input], None]
+log = logging.getLogger(__name__)
 
 GROQ_URL = "https://api.groq.com"  # the SDK appends /openai/v1/chat/completions
 REQUIRED_ENV = ("GROQ_API_KEY",)
@@ -53,7 +61,8 @@ class GroqLlm:
                  max_tokens: int = 256, base_url: str | None = None, timeout_s: float = 10,
                  reasoning_effort: str | None = None) -> None:
         self.model, self.temperature, self.max_tokens = model, temperature, max_tokens
-        self.reasoning_effort = reasoning_effort
+        #: ValueError (one line) for an effort the model family does not take.
+        self.reasoning: Reasoning = reasoning_for(model, reasoning_effort)
         self._key = api_key
         # base_url always explicit: with None the SDK would read GROQ_BASE_URL behind our back.
         # timeout_s bounds the connect and each read, so a stalled first byte fails after timeout_s.
@@ -90,13 +99,17 @@ class GroqLlm:
     def _request(self, effect: StartLlm) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": self.model, "messages": [m.as_openai() for m in effect.messages], "stream": True,
-            "temperature": self.temperature, "max_completion_tokens": self.max_tokens,
+            "temperature": self.temperature, "max_completion_tokens": self.budget,
+            **self.reasoning.request,
         }
         if effect.tools:
             kwargs["tools"] = [t.as_openai() for t in effect.tools]
-        if self.reasoning_effort is not None:
-            kwargs["reasoning_effort"] = self.reasoning_effort
         return kwargs
+
+    @property
+    def budget(self) -> int:
+        """``max_completion_tokens``: the spoken reply's budget plus what the reasoning may take of it."""
+        return self.max_tokens + self.reasoning.allowance
 
     async def _attempt(self, effect: StartLlm, emit: Emit) -> None:
         try:
@@ -114,17 +127,21 @@ class GroqLlm:
 
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
         finish: str | None = None
+        stopped: str | None = None  # x_groq.error: why the stream stopped early
         emitted = False
+        think = ThinkFilter()
         try:
             async with stream:  # closes the response on every exit: done, error, cancel
                 async for chunk in stream:
+                    if chunk.x_groq is not None and chunk.x_groq.error:
+                        stopped = chunk.x_groq.error
                     for choice in chunk.choices:
                         if choice.index != 0:
                             continue
-                        delta = choice.delta
-                        if delta.content:
+                        delta = choice.delta  # delta.reasoning is never read: it is not for the caller
+                        if delta.content and (text := think.feed(delta.content)):
                             emitted = True
-                            emit(effect.token(t_ms=0, text=delta.content))
+                            emit(effect.token(t_ms=0, text=text))
                         for frag in delta.tool_calls or ():
                             call = calls.setdefault(frag.index, ["", "", ""])
                             call[0] = frag.id or call[0]
@@ -138,8 +155,20 @@ class GroqLlm:
             raise _Failure("timeout mid-stream" if emitted else "timeout", 0.0, emitted=emitted) from None
         except httpx.TransportError:
             raise _Failure("truncated stream", 0.0, emitted=emitted) from None
+        if stopped is not None:  # groq types/chat/chat_completion_chunk.py XGroq.error
+            raise _Failure(f"stream stopped early: {self._safe(stopped)}", emitted=emitted)
         if finish is None:  # the body ended cleanly but without a finish_reason / [DONE]
             raise _Failure("truncated stream", 0.0, emitted=emitted)
+        if tail := think.flush():
+            emitted = True
+            emit(effect.token(t_ms=0, text=tail))
+        if finish == "length":
+            calls.clear()  # a tool call cut off mid-arguments cannot run
+            if not emitted:  # the budget went on reasoning: nothing to say
+                raise _Failure(f"length: {self.budget} tokens ran out before a reply ({self.reasoning.label})")
+            detail = f"reply cut at max_completion_tokens={self.budget} ({self.reasoning.label})"
+            log.warning("groq: %s", detail)
+            emit(ProviderNotice(t_ms=0, cause=effect.seq, provider="groq", what="length", detail=detail))
         for index in sorted(calls):
             call_id, name, arguments = calls[index]
             emit(LlmToolCall(t_ms=0, cause=effect.seq, tool_call_id=call_id, name=name, arguments=arguments))

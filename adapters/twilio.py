@@ -9,6 +9,10 @@ Rules:
 - Outbound: TwilioPhone paces audio in real time, ``lead_ms`` ahead of the caller's ear, so a ``clear``
   (barge-in) finds at most ``lead_ms`` of audio already at Twilio, and the rest is still ours to drop.
 - The auth token appears in no log line, event or exception text: REST errors are logged as status + code.
+- Signatures (reference 1.5; twilio SDK ``request_validator.py``): HMAC-SHA1 keyed with the Auth Token, or,
+  when ``X-Twilio-Webhooks-Signature-Settings`` names ``algorithm=HMAC_SHA256`` (Webhook Rules), HMAC-SHA256
+  keyed with the SharedKey secret. The URL is tried bare and with its scheme's default port (443 for https
+  and wss, 80 for http and ws): Twilio may sign either; the SDK's ``validate`` would try :80 for a wss URL.
 """
 
 from __future__ import annotations
@@ -17,18 +21,26 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from twilio.base.exceptions import TwilioException
 from twilio.http import AsyncHttpClient
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import (
+    HMAC_SHA1,
+    HMAC_SHA256,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
@@ -374,29 +386,80 @@ def public_base(request: web.Request, public_url: str | None, *, ws: bool) -> st
     return f"{scheme}://{rest}"
 
 
+#: The port a URL of each scheme means when it names none.
+DEFAULT_PORTS = {"https": 443, "wss": 443, "http": 80, "ws": 80}
+
+
+def url_variants(url: str) -> list[str]:
+    """``url`` as Twilio may have signed it: without and with its scheme's default port."""
+    parts = urlsplit(url)
+    default = DEFAULT_PORTS.get(parts.scheme)
+    if default is None or (parts.port is not None and parts.port != default):
+        return [url]
+    host = parts.netloc.rsplit(":", 1)[0] if parts.port is not None else parts.netloc
+    return [parts._replace(netloc=host).geturl(), parts._replace(netloc=f"{host}:{default}").geturl()]
+
+
+class Signatures:
+    """Checks ``X-Twilio-Signature``: HMAC-SHA1 with the Auth Token, HMAC-SHA256 with the Webhook Rules key."""
+
+    def __init__(self, auth_token: str | None, shared_key: str | None = None) -> None:
+        self._keys = {HMAC_SHA1: RequestValidator(auth_token) if auth_token else None,
+                      HMAC_SHA256: RequestValidator(shared_key) if shared_key else None}
+
+    def __repr__(self) -> str:  # never a secret
+        return f"Signatures({', '.join(k for k, v in self._keys.items() if v is not None)})"
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in self._keys.values())
+
+    def check(self, url: str, params: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+        """None when the request is Twilio's, else why not (safe to log: no secret, no signature)."""
+        signature = headers.get("X-Twilio-Signature", "")
+        if not signature:
+            return "missing X-Twilio-Signature"
+        algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER)).upper()
+        if algorithm not in self._keys:
+            return f"unsupported signature algorithm {algorithm[:32]!r}"
+        validator = self._keys[algorithm]
+        if validator is None:
+            need = "TWILIO_WEBHOOK_SHARED_KEY" if algorithm == HMAC_SHA256 else "TWILIO_AUTH_TOKEN"
+            return f"{algorithm} signature, but {need} is not set"
+        # compute_signature, not validate: validate's own port retry gives a wss URL :80 (request_validator.py)
+        given = signature.encode()  # bytes: compare_digest refuses non-ASCII str (a client can send any)
+        if any(hmac.compare_digest(validator.compute_signature(u, params, algorithm).encode(), given)
+               for u in url_variants(url)):
+            return None
+        return f"bad {algorithm} signature"
+
+
 def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | None = None,
                skip_signature: bool = False, rest: TwilioRest | None = None,
-               max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100) -> web.Application:
+               max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100,
+               shared_key: str | None = None) -> web.Application:
     """``POST /twiml`` (the number's voice webhook) and ``GET /media`` (the Media Streams socket).
 
     ``on_call(info, phone)`` returns the call's handle (engine.ports.CallHandle). ``rest`` is closed with the app.
+    ``shared_key``: the Webhook Rules SharedKey secret (HMAC-SHA256 signatures), beside the Auth Token.
     """
-    validator = RequestValidator(auth_token) if auth_token and not skip_signature else None
-    if validator is None and not skip_signature:  # skipping on purpose: the caller said so already
+    signatures = Signatures(auth_token, shared_key)
+    checked = signatures.enabled and not skip_signature
+    if not checked and not skip_signature:  # skipping on purpose: the caller said so already
         log.warning("twilio: request signatures are not checked (no auth token)")
 
     def signed(request: web.Request, params: Mapping[str, Any], *, ws: bool) -> bool:
-        if validator is None:
+        if not checked:
             return True
-        signature = request.headers.get("X-Twilio-Signature", "")
         # Reference 1.5: the URL exactly as Twilio requested it, query included, behind any proxy.
         url = public_base(request, public_url, ws=ws) + request.raw_path
-        if signature and validator.validate(url, params, signature):
+        why = signatures.check(url, params, request.headers)
+        if why is None:
             return True
         # The usual cause is a tunnel or proxy: Twilio signed the public URL, we rebuilt another one.
-        log.warning("twilio: %s X-Twilio-Signature on %s %s: checked against %r. If Twilio calls another "
-                    "URL (a tunnel, a proxy), start engine serve with --public-url https://<the host Twilio calls>",
-                    "bad" if signature else "missing", request.method, request.path, url)
+        log.warning("twilio: %s on %s %s: checked against %r. If Twilio calls another URL (a tunnel, a proxy), "
+                    "start engine serve with --public-url https://<the host Twilio calls>",
+                    why, request.method, request.path, url)
         return False
 
     async def twiml(request: web.Request) -> web.Response:

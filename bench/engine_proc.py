@@ -1,10 +1,13 @@
 """The engine under test, alone in its process: `engine serve`'s Server (callstate/server.py) plus a probe.
 
-    python bench/engine_proc.py --flow FLOW.json --db calls.db [--tracemalloc]
+    python bench/engine_proc.py --flow FLOW.json --db calls.db|postgresql://... [--port P --reuse-port]
+                                [--tracemalloc]
 
 Providers come from the flow and the environment exactly as `engine serve` builds them (build_providers:
 the real Deepgram / Groq adapters, pointed at the load generator's fakes by DEEPGRAM_BASE_URL and
-GROQ_BASE_URL). Prints ``PORT <n>`` once listening; runs until stdin closes, then shuts down like SIGTERM.
+GROQ_BASE_URL). Prints ``PORT <calls> <probe>`` once listening; runs until stdin closes, then shuts down like
+SIGTERM. With ``--reuse-port`` several of these share the calls port (SO_REUSEPORT, as `engine serve
+--workers` runs its workers); each keeps its probe on a port of its own.
 
 The probe adds what the engine does not export, without changing what it does:
 - ``GET /bench/stats``: process CPU (user+sys) and RSS; per call its CallStats (engine_us, barge_in_us),
@@ -38,7 +41,7 @@ from callstate.providers import build_providers
 from callstate.server import Server
 from engine import events as ev
 from engine.flow import Flow
-from engine.store import SqliteStore
+from engine.store import Store, open_store
 
 _ns = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: the load generator's loop.time() reads the same clock
 
@@ -119,7 +122,7 @@ class CallProbe:
 
 
 class Probe:
-    def __init__(self, server: Server, store: SqliteStore) -> None:
+    def __init__(self, server: Server, store: Store) -> None:
         self.server, self.store = server, store
         self.calls: list[CallProbe] = []
         self.flush_us: list[int] = []
@@ -174,7 +177,7 @@ def _rss_kb() -> int:
 
 async def serve(args: argparse.Namespace) -> None:
     flow = Flow.model_validate(json.loads(Path(args.flow).read_text()))
-    store = SqliteStore(args.db)
+    store = open_store(args.db)
     server = Server(flow, build_providers(flow, os.environ), store, skip_signature=True)
     probe = Probe(server, store)
     app = server.app()
@@ -183,11 +186,14 @@ async def serve(args: argparse.Namespace) -> None:
     # as callstate.server.start(), with the probe's routes added before the app is frozen
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", args.port, reuse_port=args.reuse_port or None)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    probe_site = web.TCPSite(runner, "127.0.0.1", 0)  # this process's own stats, whoever shares the port
+    await probe_site.start()
+    probe_port = probe_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     lag = asyncio.create_task(probe.lag_monitor())
-    print(f"PORT {port}", flush=True)
+    print(f"PORT {port} {probe_port}", flush=True)
     # the load generator closes stdin: shut down (read on the loop, not in a thread a profiler would count)
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -201,6 +207,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--flow", required=True)
     ap.add_argument("--db", required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--reuse-port", action="store_true")
     ap.add_argument("--tracemalloc", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as serve

@@ -22,16 +22,18 @@ stream); lines, LLM and TTS requests carry the tag "caller <stream> line <n>" th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import random
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ from adapters.audio import load_fixture  # noqa: E402
 from bench.fakes import API_KEY, DeepgramFake, GroqFake, tag_of  # noqa: E402
 from callstate.simcaller import CallerLine, SimCaller  # noqa: E402
 from engine import events as ev  # noqa: E402
-from engine.store import SqliteStore  # noqa: E402
+from engine.store import open_store  # noqa: E402
 
 FIXTURES = ["shipment_1", "shipment_4", "shipment_2", "shipment_3"]
 DATE = "2026-11-29"
@@ -141,57 +143,102 @@ class Caller(SimCaller):
 # ------------------------------------------------------------------------------------------ engine process
 
 class EngineProcess:
-    def __init__(self, flow: dict[str, Any], env: dict[str, str], workdir: Path, *, tracemalloc: bool = False) -> None:
+    """The engine under test: ``workers`` processes of bench/engine_proc.py on one port (SO_REUSEPORT when
+    more than one, as `engine serve --workers` runs them), logging to ``db`` (a PostgreSQL URL) or to a
+    SQLite file in ``workdir``. Stats are gathered from every worker's probe and merged."""
+
+    def __init__(self, flow: dict[str, Any], env: dict[str, str], workdir: Path, *, tracemalloc: bool = False,
+                 workers: int = 1, db: str | None = None) -> None:
         self.flow, self.env, self.workdir, self.tracemalloc = flow, env, workdir, tracemalloc
-        self.db = workdir / "calls.db"
-        self.proc: asyncio.subprocess.Process | None = None
+        self.workers = workers
+        self.db = db or str(workdir / "calls.db")
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.probe_ports: list[int] = []
         self.port = 0
         self.pid = 0
 
     async def __aenter__(self) -> EngineProcess:
         flow_path = self.workdir / "flow.json"
         flow_path.write_text(json.dumps(self.flow))
-        err = (self.workdir / "engine.log").open("w")
-        args = [sys.executable, str(ROOT / "bench/engine_proc.py"), "--flow", str(flow_path), "--db", str(self.db)]
-        if self.tracemalloc:
-            args.append("--tracemalloc")
-        self.proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
-            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
-        err.close()
-        self.pid = self.proc.pid
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
-        if not line.startswith(b"PORT "):
-            raise RuntimeError(f"engine process did not start: {line!r}; see {self.workdir / 'engine.log'}")
-        self.port = int(line.split()[1])
+        if self.workers > 1:
+            with socket.socket() as s:  # a free port for the workers to share
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+        for i in range(self.workers):
+            err = (self.workdir / f"engine{i or ''}.log").open("w")
+            args = [sys.executable, str(ROOT / "bench/engine_proc.py"), "--flow", str(flow_path), "--db", self.db,
+                    "--port", str(self.port)]
+            if self.workers > 1:
+                args.append("--reuse-port")
+            if self.tracemalloc:
+                args.append("--tracemalloc")
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err, cwd=ROOT,
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
+            err.close()
+            self.procs.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            if not line.startswith(b"PORT "):
+                raise RuntimeError(f"engine process did not start: {line!r}; see {self.workdir / 'engine.log'}")
+            self.port, probe = (int(x) for x in line.split()[1:3])
+            self.probe_ports.append(probe)
+        self.pid = self.procs[0].pid
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 40)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        for proc in self.procs:
+            try:
+                await asyncio.wait_for(proc.wait(), 40)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
     @property
     def media_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/media"
 
     async def get(self, path: str) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}{path}") as r:
-            return await r.json()
+        """Every worker's probe answer, merged: lists joined, numbers added."""
+        async with aiohttp.ClientSession() as s:
+            bodies = []
+            for port in self.probe_ports:
+                async with s.get(f"http://127.0.0.1:{port}{path}") as r:
+                    bodies.append(await r.json())
+        merged = bodies[0]
+        for body in bodies[1:]:
+            for k, v in body.items():
+                merged[k] = merged[k] + v if isinstance(v, list | int | float) and merged.get(k) is not None else v
+        return merged
 
     async def wait_idle(self, timeout_s: float = 20) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if (await self.get("/healthz"))["active_calls"] == 0:
+            if (await self.get("/bench/stats"))["active"] == 0:
                 return
             await asyncio.sleep(0.1)
+
+
+@contextlib.contextmanager
+def fresh_log(db: str) -> Iterator[str | None]:
+    """``sqlite``: None (the engine's own file in its workdir). A postgresql:// URL: that database with a
+    fresh schema (dropped afterwards), so each run starts from an empty log."""
+    if db == "sqlite":
+        yield None
+        return
+    import psycopg
+
+    schema = f"bench_{os.getpid()}_{random.getrandbits(32):08x}"
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{db}{'&' if '?' in db else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -231,10 +278,10 @@ async def _lag_monitor(out: list[float]) -> None:
         out.append((loop.time() - t - 0.05) * 1000)
 
 
-def _streams_by_sid(db: Path) -> dict[str, int]:
+def _streams_by_sid(db: str) -> dict[str, int]:
     """call_sid -> the STT stream its transcripts name (read back from the engine's log)."""
     out: dict[str, int] = {}
-    store = SqliteStore(str(db), readonly=True)
+    store = open_store(db, readonly=True)
     try:
         for row in store.list_calls():
             for e in store.load(row.call_id):
@@ -248,7 +295,7 @@ def _streams_by_sid(db: Path) -> dict[str, int]:
 
 async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls: int, lines: int,
               barge_every: int = 0, stagger_s: float = 4.0, warmup: bool = True, seed: int = 0,
-              tracemalloc: bool = False,
+              tracemalloc: bool = False, workers: int = 1, db: str | None = None,
               on_loaded: Any = None, on_ready: Any = None, script: list[CallerLine] | None = None) -> RunResult:
     """``calls`` calls of ``lines`` lines, ``concurrency`` at a time (slots started at random offsets)."""
     dg = DeepgramFake(after=profile.stt_after, final_ms=profile.stt_final_ms, ttfb_ms=profile.tts_ttfb_ms,
@@ -260,7 +307,8 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
         async with dg, groq:
             env = {"DEEPGRAM_API_KEY": API_KEY, "DEEPGRAM_BASE_URL": dg.url, "GROQ_API_KEY": API_KEY,
                    "GROQ_BASE_URL": groq.url}
-            async with EngineProcess(flow, env, Path(tmp), tracemalloc=tracemalloc) as engine:
+            async with EngineProcess(flow, env, Path(tmp), tracemalloc=tracemalloc, workers=workers,
+                                     db=db) as engine:
                 if warmup:  # imports, SDK clients and connection pools warm; not measured
                     await Caller(engine.media_url, lines=caller_lines(2), greeting=False, call_index=9999,
                                  timeout_s=30).run()
@@ -301,7 +349,8 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
                 keep = Path(os.environ["BENCH_KEEP"])
                 keep.mkdir(parents=True, exist_ok=True)
                 for name in ("calls.db", "engine.log", "flow.json"):
-                    (keep / name).write_bytes((Path(tmp) / name).read_bytes())
+                    if (Path(tmp) / name).exists():
+                        (keep / name).write_bytes((Path(tmp) / name).read_bytes())
     rows = _rows(profile, sims, sid_stream, dg, groq, n_before, {c["call_sid"]: c for c in after["calls"]})
     call_s = sum(c["seconds"] for c in after["calls"])
     return RunResult(concurrency=concurrency, calls=calls, rows=rows, engine=after,

@@ -1,6 +1,7 @@
 """Engine-added voice-to-voice latency at 1, 10, 50 and 100 concurrent calls (the engine alone in its process).
 
-    python bench/v2v.py [--levels 1,10,50,100] [--lines 12] [--json out.json] [--profile DIR] [--tiny]
+    python bench/v2v.py [--levels 1,10,50,100] [--lines 12] [--workers 1] [--db sqlite|postgresql://...]
+                        [--json out.json] [--profile DIR] [--tiny]
 
 Providers are loopback fakes with fixed delays (bench/fakes.py): the STT's final 150 ms after the caller's
 speech end (as the audio reaches it), the LLM's first token 200 ms after the request, a whole first clause,
@@ -12,6 +13,8 @@ Per level: p50/p99 of voice-to-voice and engine-added, its split into hops, engi
 CallStats.engine_us, Store.flush cost, TwilioPhone pacing lateness, and both processes' loop lag.
 ``--profile DIR`` also runs py-spy on the engine process during the last level's load and prints where its
 CPU goes (DIR gets the raw collapsed stacks). ``--tiny``: one call, one line (a few seconds).
+``--workers N``: N engine processes share the port (SO_REUSEPORT, as `engine serve --workers N`); figures
+are merged over all of them. ``--db URL``: the log in PostgreSQL (a fresh schema per level) instead of SQLite.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import DATE, Profile, bench_flow, commit, dump, engine_figures, med, pct, run, summary
+from bench.harness import DATE, Profile, bench_flow, commit, dump, engine_figures, fresh_log, med, pct, run, summary
 
 PROFILE = Profile(stt_after="speech_end", stt_final_ms=150, llm_ttft_ms=200, tts_ttfb_ms=100)
 
@@ -102,7 +105,9 @@ def top_frames(raw: Path, n: int = 15) -> list[str]:
 async def main_async(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.levels.split(",")]
     flow = bench_flow(on_punctuation_ms=0)
-    print(f"bench/v2v.py  date {DATE}  commit {commit()}  {len(levels)} level(s)")
+    store = "SQLite" if args.db == "sqlite" else "PostgreSQL"
+    print(f"bench/v2v.py  date {DATE}  commit {commit()}  {len(levels)} level(s)  {args.workers} worker(s), "
+          f"log in {store}")
     print(f"profile: STT final {PROFILE.stt_final_ms} ms after speech end, LLM first token (a whole clause) "
           f"{PROFILE.llm_ttft_ms} ms, TTS first byte {PROFILE.tts_ttfb_ms} ms; ideal v2v {PROFILE.ideal_ms} ms")
     payload: dict[str, Any] = {"levels": {}}
@@ -113,8 +118,9 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.profile and i == len(levels) - 1:
             async def hook(engine: Any, slots: Any) -> None:
                 spies.append(asyncio.create_task(profile_engine(Path(args.profile), args.profile_s, engine, slots)))
-        res = await run(PROFILE, flow, concurrency=level, calls=calls, lines=args.lines, on_loaded=hook,
-                        warmup=not args.tiny)
+        with fresh_log(args.db) as db:
+            res = await run(PROFILE, flow, concurrency=level, calls=calls, lines=args.lines, on_loaded=hook,
+                            warmup=not args.tiny, workers=args.workers, db=db)
         for line in summary(res, PROFILE):
             print(line, flush=True)
         v = res.v2vs()
@@ -122,6 +128,8 @@ async def main_async(args: argparse.Namespace) -> None:
         payload["levels"][level] = {
             "v2v_p50": med(v), "v2v_p99": pct(v, 99), "added_p50": med(v) - PROFILE.ideal_ms,
             "added_p99": pct(v, 99) - PROFILE.ideal_ms, "n": len(v), "cpu_ms_per_call_s": res.cpu_s / res.call_s * 1000,
+            "workers": args.workers, "db": store, "timed_out": res.timed_out,
+            "unanswered": sum(1 for r in res.rows if r.v2v is None),
             "max_late_ms": max(f["max_late_ms"], default=math.nan), "engine_us_p50": med(f["engine_us"]),
             "engine_us_p99": pct(f["engine_us"], 99), "flush_us_p50": med(f["flush_us"]),
             "flush_us_p99": pct(f["flush_us"], 99),
@@ -142,6 +150,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=12, help="caller lines per call")
     ap.add_argument("--min-samples", type=int, default=60,
                     help="at low concurrency, run calls one after another until this many lines")
+    ap.add_argument("--workers", type=int, default=1, help="engine processes sharing the port (SO_REUSEPORT)")
+    ap.add_argument("--db", default="sqlite", help="sqlite (default) or a postgresql:// URL for the log")
     ap.add_argument("--json")
     ap.add_argument("--profile", help="py-spy the engine during the last level; raw stacks go to this directory")
     ap.add_argument("--profile-s", type=int, default=30)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "validate": "validate",
     "schema": "schema",
     "graph": "graph",
+    "db": "db",
 }
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 from engine import events as ev
 from engine.flow import Flow
-from engine.store import CallRow, SqliteStore, StoreError
+from engine.store import CallRow, Store, StoreError, is_postgres, open_store
 from replay import callfile
 
 DEFAULT_DB = "calls.db"
+DB_HELP = f"the call log: a SQLite file or a postgresql://user@host/db URL (default {DEFAULT_DB})"
 
 
 @dataclass
@@ -23,10 +24,19 @@ class LoggedCall:
     events: list[ev.Event]
 
 
-def open_readonly(db: str) -> SqliteStore:
-    if not Path(db).exists():
+def open_readonly(db: str) -> Store:
+    if not is_postgres(db) and not Path(db).exists():
         raise StoreError(f"{db}: no such log (run `engine call` or `engine demo` first, or pass --db)")
-    return SqliteStore(db, readonly=True)
+    return open_store(db, readonly=True)
+
+
+def where(db: str) -> str:
+    """The log's name for messages: a PostgreSQL URL without its password."""
+    if is_postgres(db):
+        from engine.pgstore import display_url
+
+        return display_url(db)
+    return db
 
 
 def is_call_file(ref: str) -> bool:
@@ -53,14 +63,14 @@ def load_call(db: str, call_id: str) -> LoggedCall:
         rows = {r.call_id: r for r in store.list_calls()}
         if call_id not in rows:
             known = ", ".join(list(rows)[-5:]) or "none"
-            raise StoreError(f"no call {call_id!r} in {db} (latest: {known})")
+            raise StoreError(f"no call {call_id!r} in {where(db)} (latest: {known})")
         row = rows[call_id]
         events = store.load(call_id)
     finally:
         store.close()
     flow_data = row.meta.get("flow")
     if not isinstance(flow_data, dict):
-        raise StoreError(f"call {call_id!r} in {db} does not record its flow; it cannot be replayed")
+        raise StoreError(f"call {call_id!r} in {where(db)} does not record its flow; it cannot be replayed")
     try:
         flow = Flow.model_validate(flow_data)
     except ValueError as exc:

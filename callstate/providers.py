@@ -73,7 +73,18 @@ class GroqOptions(Options):
     #: lowest-latency model it serves today.
     model: str = "openai/gpt-oss-20b"
     temperature: float = Field(0.3, ge=0, le=2)
+    #: The spoken reply's budget; the request adds the reasoning effort's allowance (adapters/reasoning.py).
     max_tokens: int = Field(256, gt=0)
+    #: None: the family's low-latency default ("low" for gpt-oss, "none" for qwen3; groq SDK
+    #: completion_create_params.py documents what each family takes).
+    reasoning_effort: str | None = None
+
+    @model_validator(mode="after")
+    def _effort_fits_the_model(self) -> GroqOptions:
+        from adapters.reasoning import reasoning_for
+
+        reasoning_for(self.model, self.reasoning_effort)  # ValueError, one line, for the loader to place
+        return self
 
 
 class LocalLlmOptions(Options):
@@ -137,7 +148,8 @@ def _local_stt(o: LocalSttOptions, flow: Flow, env: Mapping[str, str]) -> Any:
 def _groq(o: GroqOptions, flow: Flow, env: Mapping[str, str]) -> Any:
     from adapters.groq import GroqLlm
 
-    return GroqLlm.from_env(env, model=o.model, temperature=o.temperature, max_tokens=o.max_tokens)
+    return GroqLlm.from_env(env, model=o.model, temperature=o.temperature, max_tokens=o.max_tokens,
+                            reasoning_effort=o.reasoning_effort)
 
 
 def _local_llm(o: LocalLlmOptions, flow: Flow, env: Mapping[str, str]) -> Any:
@@ -148,7 +160,7 @@ def _local_llm(o: LocalLlmOptions, flow: Flow, env: Mapping[str, str]) -> Any:
 
 
 def _deepgram_tts(o: DeepgramTtsOptions, flow: Flow, env: Mapping[str, str]) -> Any:
-    from adapters.deepgram import DeepgramTts
+    from adapters.aura import DeepgramTts
 
     return DeepgramTts.from_env(env, voice=o.voice)
 
@@ -175,6 +187,8 @@ class Provider:
     options: type[Options]
     keys: tuple[str, ...]  # environment variables it needs (names only)
     build: Builder
+    #: Environment variables without which it cannot work at all, each with why (said in one line).
+    needs: tuple[tuple[str, str], ...] = ()
 
 
 PROVIDERS: dict[tuple[Kind, str], Provider] = {
@@ -185,7 +199,9 @@ PROVIDERS: dict[tuple[Kind, str], Provider] = {
         Provider("llm", "groq", GroqOptions, ("GROQ_API_KEY",), _groq),
         Provider("llm", "local", LocalLlmOptions, (), _local_llm),
         Provider("tts", "deepgram", DeepgramTtsOptions, ("DEEPGRAM_API_KEY",), _deepgram_tts),
-        Provider("tts", "playht", PlayHtOptions, ("PLAYHT_API_KEY", "PLAYHT_USER_ID"), _playht),
+        Provider("tts", "playht", PlayHtOptions, ("PLAYHT_API_KEY", "PLAYHT_USER_ID"), _playht,
+                 needs=(("PLAYHT_BASE_URL", "PlayHT's public API closed at the end of 2025; set it to a "
+                                            "PlayHT-compatible server"),)),
         Provider("tts", "local", LocalTtsOptions, (), _local_tts),
     )
 }
@@ -248,6 +264,12 @@ def _chosen(flow: Flow) -> list[tuple[Kind, str]]:
     if isinstance(fallback, TtsOptions) and fallback.fallback:
         wanted.append(("tts", fallback.fallback))
     return wanted
+
+
+def refusals(flow: Flow, env: Mapping[str, str]) -> list[str]:
+    """One line for each provider the flow names that cannot work in this environment, saying why."""
+    return [f"{kind}: {name} needs {var}: {why}" for kind, name in dict.fromkeys(_chosen(flow))
+            for var, why in PROVIDERS[(kind, name)].needs if not env.get(var)]
 
 
 def missing_keys(flow: Flow, env: Mapping[str, str]) -> list[str]:

@@ -23,10 +23,14 @@ log = logging.getLogger("callstate.server")
 class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
-                 grace_s: float = 30.0) -> None:
+                 grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
+                 worker_index: int = 0) -> None:
         self.flow, self.providers, self.store = flow, providers, store
+        self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s = grace_s
+        self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
+        self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
@@ -79,7 +83,8 @@ class Server:
         from adapters.twilio import create_app
 
         app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
-                         skip_signature=self.skip_signature, rest=self.rest)  # type: ignore[arg-type]
+                         skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
+                         shared_key=self.shared_key)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.on_startup.append(self._start_writer)
@@ -94,14 +99,36 @@ class Server:
     async def _healthz(self, request: web.Request) -> web.Response:
         writer = self.store.writer
         log_ok = writer is None or not writer.degraded
-        body = {"ok": not self.draining and log_ok, "active_calls": len(self.calls)}
+        body: dict[str, object] = {"ok": not self.draining and log_ok, "active_calls": len(self.calls)}
         if writer is not None and (writer.pending_events or writer.stalled_s):
             body["log"] = {"queued_events": writer.pending_events, "stalled_s": round(writer.stalled_s, 1)}
+        if self.worker_dir is not None:  # the whole server: this worker and every sibling that answers
+            from callstate.workers import sibling_metrics
+
+            others = await sibling_metrics(self.worker_dir, self.worker_index)
+            body["workers"] = 1 + len(others)
+            body["active_calls"] = len(self.calls) + sum(_active(t) for t in others)
         return web.json_response(body, status=200 if body["ok"] else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(self.store.writer), content_type="text/plain",
-                            charset="utf-8")
+        text = self.metrics.render(self.store.writer)
+        if self.worker_dir is not None:
+            from callstate.workers import merge, sibling_metrics
+
+            text = merge([text, *await sibling_metrics(self.worker_dir, self.worker_index)])
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    def self_app(self) -> web.Application:
+        """This worker's own figures, for its siblings (served on a Unix socket, never on the port)."""
+        from callstate.workers import SELF_PATH
+
+        async def own(request: web.Request) -> web.Response:
+            return web.Response(text=self.metrics.render(self.store.writer), content_type="text/plain",
+                                charset="utf-8")
+
+        app = web.Application()
+        app.router.add_get(SELF_PATH, own)
+        return app
 
     async def shutdown(self) -> None:
         """Stop accepting calls, let the live ones finish for up to grace_s, end the rest, flush the log."""
@@ -120,15 +147,29 @@ class Server:
         await self.providers.aclose()
 
 
-async def start(server: Server, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
-    """Serve on host:port (0: any free port); returns the runner and the port actually bound."""
+def _active(metrics_text: str) -> int:
+    for line in metrics_text.splitlines():
+        if line.startswith("callstate_active_calls "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+async def start(server: Server, host: str = "127.0.0.1", port: int = 0,
+                reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """Serve on host:port (0: any free port); returns the runner and the port actually bound.
+    reuse_port: SO_REUSEPORT, so several worker processes share the port and the kernel spreads
+    connections across them; a worker's own metrics then also go on its Unix socket."""
     runner = web.AppRunner(server.app(), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()
         raise
+    if server.worker_dir is not None:
+        from callstate.workers import serve_self
+
+        server.self_runner = await serve_self(server.self_app(), server.worker_dir, server.worker_index)
     bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, bound

@@ -37,6 +37,8 @@ class Llm(Protocol):
 
 
 class Tts(Protocol):
+    """May also have ``async warm()``: the runtime calls it as a call starts (open a socket ahead)."""
+
     def synthesize(self, effect: Speak) -> AsyncIterator[bytes]:
         """Yield mu-law 8 kHz audio as it arrives; closing the iterator cancels the request."""
 

@@ -150,6 +150,9 @@ class LiveCall:
     async def _run(self) -> None:
         stt_task = asyncio.create_task(self._stt_pump())
         tts_task = asyncio.create_task(self._tts_worker())
+        warm = getattr(self.p.tts, "warm", None)  # a TTS with sockets opens one now, before the first line
+        if warm is not None:
+            self._spawn(warm())
         try:
             while True:
                 event, payload = await self.inbox.get()

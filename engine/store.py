@@ -10,9 +10,16 @@ Rules:
 - The store never reads a clock: ``started_at`` (wall clock, ISO 8601, UTC advised) comes from the caller.
 - What a user can get wrong (a path that is not a log, a corrupt or newer log) is a StoreError naming the
   file, or the call and the seq. No sqlite3 exception escapes.
-- One live writer per log: ``claim(holder)`` takes the log for this process's life (SQLite: an flock on
-  ``<db>.lock``, released by the kernel even on kill -9) and fails with a StoreError naming the holder.
-  ``mark_abandoned`` runs only under a claim: a process that does not own the log never ends others' calls.
+- Ownership by lease: every writing store is an instance with an id (``owner``); each call row names its
+  owner; an owner renews its lease (``renew_lease``); ``mark_abandoned`` (any instance, one idempotent
+  statement) ends the open calls whose owner holds no live lease, never a live owner's. Lease times come
+  from the database's clock, so hosts with skewed clocks agree. A flush never writes events of a call that
+  is no longer open (another instance abandoned it after this owner's lease lapsed): those rows are dropped
+  and logged, so a call's recorded end is never followed by its events.
+- One server per SQLite log: ``claim(holder)`` takes the file for the server's life (an flock on
+  ``<db>.lock``, released by the kernel even on kill -9) and fails with a StoreError naming the holder (a
+  server's workers share its claim). A PostgreSQL log is shared by design: there leases alone keep
+  servers apart, and ``claim`` only names the holder.
 - ``start_writer()`` moves every write (open_call, flush, close_call) to a thread (engine/logwriter.py): the
   event loop never waits on the disk or on a lock, a busy database is retried and logged, never dropped.
   Reads first wait for the queued writes (read your writes).
@@ -22,9 +29,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import socket
 import sqlite3
 import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +50,11 @@ from engine.codec import from_record, to_record
 from engine.events import SCHEMA_VERSION, Event, EventError
 from engine.logwriter import LogWriter
 
+log = logging.getLogger("callstate.store")
+
 Status = Literal["open", "ended", "abandoned"]
+#: How long an owner's lease lasts unless renewed (seconds). A server renews every third of it (LeaseKeeper).
+DEFAULT_LEASE_S = 15.0
 Row = tuple[str, int, int, str, str, str, int | None]  # call_id, seq, t_ms, kind, type, data (JSON), cause
 End = tuple[str, str, int, int, int, dict[str, Any]]  # call_id, outcome, ended_t_ms, turns, last_seq, meta+
 Stored = tuple[int, int | None, list[tuple[Any, ...]]]  # schema_version, last_seq, rows without call_id
@@ -105,26 +120,39 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
     return out
 
 
+def new_owner_id() -> str:
+    """An instance id that names where it runs (for people reading `engine calls`) and is unique."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class Store(ABC):
-    """One interface for every backend (SQLite now; PostgreSQL can take the same log later).
+    """One interface for every backend (SQLite, PostgreSQL in engine/pgstore.py, memory for tests).
 
     The seq checks, the buffer and the writer thread live here; a backend supplies storage:
 
-    - ``_insert_call`` and ``_write`` (the rows and, at call end, the summary, atomically; a duplicate is a
-      StoreError naming call and seq; a transient failure is StoreBusy, and is retried). Once
+    - ``_insert_call`` and ``_write`` (the rows of calls still open and, at call end, the summary,
+      atomically; a duplicate is a StoreError naming call and seq; a transient failure is StoreBusy, and is
+      retried; returns the calls whose rows it dropped because they are no longer open). Once
       ``start_writer`` has run, both are called from the writer thread, one at a time, in order.
     - ``_read`` and ``list_calls`` (calls started at or after ``since``, ISO text compared as text, oldest
       first), which may run on another thread than the writes.
-    - ``claim(holder)``: make this process the log's one live writer, or raise a StoreError naming the
-      holder; calling it again updates the holder's description (e.g. once the port is bound).
-    - ``mark_abandoned``: end every call left ``open`` by a process that no longer runs. Only the claimant
-      may, and only calls it does not have open itself.
+    - ``claim(holder)``: make this server the log's one live writer where the backend needs it (SQLite),
+      or raise a StoreError naming the holder; calling it again updates the holder's description.
+    - ``_renew`` / ``release_lease``: this owner's lease. ``mark_abandoned``: every open call whose owner's
+      lease has lapsed (never this owner's), in one idempotent statement; any instance may run it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, owner: str | None = None) -> None:
         self._pending: list[tuple[str, Event]] = []
         self._next_seq: dict[str, int] = {}  # call open in this store -> the seq append expects next
+        self.owner = owner or new_owner_id()
+        self._leased = False
         self.writer: LogWriter | None = None
+
+    def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
+        """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
+        self._renew(lease_s)
+        self._leased = True
 
     def start_writer(self, name: str, **limits: Any) -> LogWriter:
         """From now on, writes are queued to a thread (see engine/logwriter.py); ``close`` drains it."""
@@ -152,7 +180,14 @@ class Store(ABC):
                              f"got {started_at!r}") from None
         if call_id in self._next_seq:
             raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
-        self._run(lambda: self._insert_call(call_id, started_at, flow, meta or {}), 0, f"open_call({call_id!r})")
+        lease = not self._leased  # a writer without a keeper (engine call, demo) still owns what it opens
+        self._leased = True
+
+        def insert() -> None:  # on the writer thread when there is one: a locked log never blocks the caller
+            if lease:
+                self._renew(DEFAULT_LEASE_S)
+            self._insert_call(call_id, started_at, flow, meta or {})
+        self._run(insert, 0, f"open_call({call_id!r})")
         self._next_seq[call_id] = 1
 
     def append(self, call_id: str, event: Event) -> None:
@@ -185,8 +220,13 @@ class Store(ABC):
         # Serialised here, not in append: append stays a list append on the hot path.
         rows = [_row(call_id, event) for call_id, event in self._pending]
         what = f"close_call({end[0]!r})" if end else "flush"
-        self._run(lambda: self._write(rows, end), len(rows), what)
+        self._run(lambda: self._write_open(rows, end), len(rows), what)
         self._pending.clear()
+
+    def _write_open(self, rows: list[Row], end: End | None) -> None:
+        for call_id in sorted(self._write(rows, end)):
+            log.warning("call %s: no longer open (abandoned by another instance after this one's lease "
+                        "lapsed); its new events were not written", call_id)
 
     def load_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's flushed envelopes in seq order; checks version, seqs, JSON and truncation."""
@@ -220,16 +260,24 @@ class Store(ABC):
     def _insert_call(self, call_id: str, started_at: str, flow: str, meta: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def _write(self, rows: list[Row], end: End | None) -> None: ...
+    def _write(self, rows: list[Row], end: End | None) -> set[str]: ...
 
     @abstractmethod
     def _read(self, call_id: str) -> Stored: ...
 
     @abstractmethod
+    def _renew(self, lease_s: float) -> None: ...
+
+    @abstractmethod
+    def release_lease(self) -> None:
+        """Give the lease up (clean shutdown): what this owner left open is abandoned by the next sweep."""
+
+    @abstractmethod
     def claim(self, holder: str) -> None: ...
 
     @abstractmethod
-    def mark_abandoned(self) -> list[str]: ...
+    def mark_abandoned(self) -> list[str]:
+        """Mark abandoned every open call whose owner holds no live lease (never this owner's); their ids."""
 
     def list_calls(self, since: str | None = None) -> list[CallRow]:
         self.drain()
@@ -255,11 +303,35 @@ def _call_row(row: tuple[Any, ...]) -> CallRow:
     return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, version)
 
 
+#: An open call is lapsed when its owner holds no live lease (or it has no owner: a log from before leases).
+_LAPSED = ("status = 'open' AND owner IS DISTINCT FROM {me} AND (owner IS NULL OR owner NOT IN "
+           "(SELECT instance_id FROM instances WHERE lease_until > {now}))")
+_SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # unix seconds by SQLite's clock
+
+#: The log's tables, version by version (PRAGMA user_version = how many have run). Never edit a shipped
+#: entry: add one. The PostgreSQL log has the same versions (engine/pgstore.py).
+SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: calls and their events
+        "CREATE TABLE IF NOT EXISTS calls (call_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, flow TEXT NOT NULL, "
+        "schema_version INTEGER NOT NULL, status TEXT NOT NULL, outcome TEXT, ended_t_ms INTEGER, turns INTEGER, "
+        "last_seq INTEGER, meta TEXT NOT NULL) STRICT",
+        "CREATE TABLE IF NOT EXISTS events (call_id TEXT, seq INTEGER, t_ms INTEGER NOT NULL, kind TEXT NOT NULL, "
+        "type TEXT NOT NULL, data TEXT NOT NULL, cause INTEGER, PRIMARY KEY (call_id, seq)) STRICT",
+        "CREATE INDEX IF NOT EXISTS idx_calls_started_at ON calls (started_at)",
+    ),
+    (  # 2: ownership by lease
+        "ALTER TABLE calls ADD COLUMN owner TEXT",
+        "CREATE TABLE instances (instance_id TEXT PRIMARY KEY, lease_until REAL NOT NULL) STRICT",
+        "CREATE INDEX idx_calls_open ON calls (status) WHERE status = 'open'",
+    ),
+)
+
+
 class SqliteStore(Store):
     """The embedded default: one SQLite file in WAL mode (readers never block the writer)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
-        super().__init__()
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, owner: str | None = None) -> None:
+        super().__init__(owner=owner)
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise StoreError(f"{self.path}: no such file")
@@ -294,19 +366,17 @@ class SqliteStore(Store):
         # NORMAL in WAL: no fsync per commit, so a per-turn flush stays cheap; a process crash loses nothing
         # committed, a power loss may lose the last commits (https://sqlite.org/pragma.html#pragma_synchronous).
         db.execute("PRAGMA synchronous=NORMAL")
-        if db["calls"].exists() or db["events"].exists():
-            # Leave an existing log byte for byte as it is: create(strict=True) probes with a scratch table.
-            return
-        with db.atomic():
-            db.table("calls").create(
-                {"call_id": str, "started_at": str, "flow": str, "schema_version": int, "status": str,
-                 "outcome": str, "ended_t_ms": int, "turns": int, "last_seq": int, "meta": str},
-                pk="call_id", not_null=["started_at", "flow", "schema_version", "status", "meta"],
-                strict=True)
-            db.table("events").create(
-                {"call_id": str, "seq": int, "t_ms": int, "kind": str, "type": str, "data": str,
-                 "cause": int}, pk=("call_id", "seq"), not_null=["t_ms", "kind", "type", "data"], strict=True)
-            db.table("calls").create_index(["started_at"])
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and (db["calls"].exists() or db["events"].exists()):
+            version = 1  # a log from before versioned migrations: the first version's tables
+        if version > len(SQLITE_MIGRATIONS):
+            raise StoreError(f"{self.path}: the log's tables are version {version}; this engine knows "
+                             f"{len(SQLITE_MIGRATIONS)} and older (upgrade callstate)")
+        for number, statements in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
+            with self._tx(f"upgrade to version {number}") as c:
+                for sql in statements:
+                    c.execute(sql)
+                c.execute(f"PRAGMA user_version = {number}")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -319,16 +389,30 @@ class SqliteStore(Store):
 
     @contextmanager
     def _tx(self, what: str, conflict: Callable[[], str] | None = None) -> Iterator[sqlite3.Connection]:
-        """One write transaction; a sqlite3 error becomes a StoreError naming the file and the operation
-        (StoreBusy when trying again may work: locked by another process, disk full, I/O error)."""
+        """One write transaction; a sqlite3 error becomes a StoreError naming the file and the operation.
+        IMMEDIATE: the write lock is taken first, so a read inside the transaction (the open-call check)
+        can never be invalidated by another writer (several workers may share one file). StoreBusy when trying
+        again may work: locked by another process, disk full, I/O error."""
+        conn = self._db.conn
         try:
-            with self._lock, self._db.atomic():
-                yield self._db.conn
+            self._lock.acquire()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             raise StoreError(conflict() if conflict else f"{self.path}: {what}: {exc}") from None
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             transient = getattr(exc, "sqlite_errorcode", 0) & 0xFF in _TRANSIENT
             raise (StoreBusy if transient else StoreError)(f"{self.path}: {what}: {exc}") from None
+        finally:
+            self._lock.release()
 
     def claim(self, holder: str) -> None:
         lock_path = Path(f"{self.path}.lock")
@@ -356,9 +440,9 @@ class SqliteStore(Store):
 
     def _insert_call(self, call_id: str, started_at: str, flow: str, meta: dict[str, Any]) -> None:
         with self._tx("open_call", lambda: f"open_call({call_id!r}): already in {self.path}") as c:
-            c.execute("INSERT INTO calls (call_id, started_at, flow, schema_version, status, meta) "
-                      "VALUES (?, ?, ?, ?, 'open', ?)",
-                      (call_id, started_at, flow, SCHEMA_VERSION, json.dumps(meta)))
+            c.execute("INSERT INTO calls (call_id, started_at, flow, schema_version, status, meta, owner) "
+                      "VALUES (?, ?, ?, ?, 'open', ?, ?)",
+                      (call_id, started_at, flow, SCHEMA_VERSION, json.dumps(meta), self.owner))
 
     def _duplicate(self, rows: list[Row]) -> str:
         # Only another writer can cause this (append checks seqs): find the row it already wrote.
@@ -368,8 +452,14 @@ class SqliteStore(Store):
                        "nothing was written"
         return f"{self.path}: flush: constraint failed; nothing was written"
 
-    def _write(self, rows: list[Row], end: End | None) -> None:
+    def _write(self, rows: list[Row], end: End | None) -> set[str]:
         with self._tx("flush", lambda: self._duplicate(rows)) as c:
+            ids = sorted({row[0] for row in rows})
+            marks = ", ".join("?" * len(ids))
+            still_open = {r[0] for r in c.execute(f"SELECT call_id FROM calls WHERE status = 'open' "
+                                                  f"AND call_id IN ({marks})", ids)}
+            if len(still_open) < len(ids):
+                rows = [row for row in rows if row[0] in still_open]
             c.executemany("INSERT INTO events (call_id, seq, t_ms, kind, type, data, cause) "
                           "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             if end is not None:
@@ -383,6 +473,7 @@ class SqliteStore(Store):
                     c.execute("UPDATE calls SET meta = ? WHERE call_id = ?", (_encode(merged), call_id))
                 if cur.rowcount != 1:  # raising inside the transaction rolls the batch back too
                     raise StoreError(f"close_call({call_id!r}): the call is not open in {self.path}")
+        return set(ids) - still_open
 
     def _read(self, call_id: str) -> Stored:
         # calls before events: close_call commits the last events and last_seq together, so reading in
@@ -394,19 +485,31 @@ class SqliteStore(Store):
                            "ORDER BY seq", (call_id,))
         return found[0][0], found[0][1], rows
 
+    def _renew(self, lease_s: float) -> None:
+        with self._tx("renew lease") as c:
+            c.execute(f"INSERT INTO instances (instance_id, lease_until) VALUES (?, {_SQLITE_NOW} + ?) "
+                      "ON CONFLICT (instance_id) DO UPDATE SET lease_until = excluded.lease_until",
+                      (self.owner, lease_s))
+
+    def release_lease(self) -> None:
+        with self._tx("release lease") as c:
+            c.execute("DELETE FROM instances WHERE instance_id = ?", (self.owner,))
+
     def mark_abandoned(self) -> list[str]:
-        if self._owner is None:
-            raise StoreError(f"{self.path}: mark_abandoned needs the log's ownership (claim it first)")
-        ids = [r[0] for r in self._query("SELECT call_id FROM calls WHERE status = 'open' "
-                                         "ORDER BY started_at, call_id") if r[0] not in self._next_seq]
         # last_seq and ended_t_ms come from what was flushed before the crash: load() then checks that
-        # prefix, and list_calls shows how long the call ran.
+        # prefix, and list_calls shows how long the call ran. BEGIN IMMEDIATE: no flush interleaves.
         with self._tx("mark_abandoned") as c:
-            c.executemany("UPDATE calls SET status = 'abandoned', outcome = 'abandoned', last_seq = "
-                          "(SELECT coalesce(max(seq), 0) FROM events e WHERE e.call_id = calls.call_id), "
-                          "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = calls.call_id) "
-                          "WHERE call_id = ? AND status = 'open'", [(i,) for i in ids])
-        return ids
+            ids = [r[0] for r in c.execute(
+                "UPDATE calls SET status = 'abandoned', outcome = 'abandoned', last_seq = "
+                "(SELECT coalesce(max(seq), 0) FROM events e WHERE e.call_id = calls.call_id), "
+                "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = calls.call_id) "
+                f"WHERE {_LAPSED.format(now=_SQLITE_NOW, me='?')} RETURNING call_id", (self.owner,))]
+        return sorted(ids, key=self._started_order(ids))
+
+    def _started_order(self, ids: list[str]) -> Callable[[str], tuple[str, str]]:
+        marks = ", ".join("?" * len(ids))
+        started = dict(self._query(f"SELECT call_id, started_at FROM calls WHERE call_id IN ({marks})", tuple(ids)))
+        return lambda i: (started.get(i, ""), i)
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
         where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())
@@ -422,30 +525,49 @@ class SqliteStore(Store):
             self._release()
 
 
+def is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(db: str, *, readonly: bool = False, owner: str | None = None) -> Store:
+    """The log at ``db``: a postgresql:// URL (engine/pgstore.py) or a SQLite file path."""
+    if is_postgres(db):
+        from engine.pgstore import PgStore  # psycopg only loads for a PostgreSQL log
+
+        return PgStore(db, readonly=readonly, owner=owner)
+    return SqliteStore(db, readonly=readonly, owner=owner)
+
+
 class MemoryStore(Store):
     """The same log in dicts, for tests and benchmarks. Data is kept as JSON text, as SQLite keeps it."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, owner: str | None = None) -> None:
+        super().__init__(owner=owner)
         self.calls: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[int, Row]] = {}
+        self.instances: dict[str, float] = {}  # owner -> lease end (time.monotonic(): one process)
 
     def _insert_call(self, call_id: str, started_at: str, flow: str, meta: dict[str, Any]) -> None:
         if call_id in self.calls:
             raise StoreError(f"open_call({call_id!r}): the call is already in the store")
         self.calls[call_id] = {"call_id": call_id, "started_at": started_at, "flow": flow, "status": "open",
                                "outcome": None, "ended_t_ms": None, "turns": None, "meta": dict(meta),
-                               "schema_version": SCHEMA_VERSION, "last_seq": None}
+                               "schema_version": SCHEMA_VERSION, "last_seq": None, "owner": self.owner}
 
-    def _write(self, rows: list[Row], end: End | None) -> None:
+    def _write(self, rows: list[Row], end: End | None) -> set[str]:
         # No duplicate check: no other writer shares these dicts, and append already checked every seq.
+        if end is not None and self.calls[end[0]]["status"] != "open":  # checked first: all or nothing
+            raise StoreError(f"close_call({end[0]!r}): the call is not open in the store")
+        dropped = {row[0] for row in rows if self.calls[row[0]]["status"] != "open"}
         for row in rows:
-            self.events.setdefault(row[0], {})[row[1]] = row
+            if row[0] not in dropped:
+                self.events.setdefault(row[0], {})[row[1]] = row
         if end is not None:
             call_id, outcome, ended_t_ms, turns, last_seq, extra = end
             self.calls[call_id].update(status="ended", outcome=outcome, ended_t_ms=ended_t_ms, turns=turns,
                                        last_seq=last_seq)
             self.calls[call_id]["meta"].update(extra)
+        return dropped
 
     def _read(self, call_id: str) -> Stored:
         if call_id not in self.calls:
@@ -454,15 +576,20 @@ class MemoryStore(Store):
         rows = [row[1:] for _, row in sorted(self.events.get(call_id, {}).items())]
         return call["schema_version"], call["last_seq"], rows
 
+    def _renew(self, lease_s: float) -> None:
+        self.instances[self.owner] = time.monotonic() + lease_s
+
+    def release_lease(self) -> None:
+        self.instances.pop(self.owner, None)
+
     def claim(self, holder: str) -> None:
         self.holder = holder  # a MemoryStore lives in one process: nobody else can write it
 
     def mark_abandoned(self) -> list[str]:
-        if getattr(self, "holder", None) is None:
-            raise StoreError("mark_abandoned needs the log's ownership (claim it first)")
-        ids = []
+        ids, now = [], time.monotonic()
         for call_id, call in sorted(self.calls.items(), key=lambda kv: (kv[1]["started_at"], kv[0])):
-            if call["status"] == "open" and call_id not in self._next_seq:
+            owner = call["owner"]
+            if call["status"] == "open" and owner != self.owner and self.instances.get(owner, 0) <= now:
                 rows = self.events.get(call_id, {})
                 call.update(status="abandoned", outcome="abandoned", last_seq=max(rows, default=0),
                             ended_t_ms=max((r[2] for r in rows.values()), default=None))

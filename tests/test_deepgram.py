@@ -13,7 +13,8 @@ import pytest
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
 
-from adapters.deepgram import DeepgramError, DeepgramStt, DeepgramSttSession, DeepgramTts, decode, environment
+from adapters.aura import DeepgramTts
+from adapters.deepgram import DeepgramError, DeepgramStt, DeepgramSttSession, decode, environment
 from engine.events import Input, ProviderNotice, Speak, SpeechStarted, Transcript, UtteranceEnd
 from tests.fakes import (
     DeepgramListenFake,
@@ -318,8 +319,10 @@ async def test_tts_stops_at_once_when_closed(how: str) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(task, 2)
         n = len(got)
-        await wait_for(lambda: fake.connections[0].ended == "client")
+        await wait_for(lambda: fake.connections[0].ended == "cleared")  # Clear: the socket stays for the next
+        await tts.aclose()
     assert len(got) == n
+    assert fake.connections[0].controls == ["Speak", "Flush", "Clear"]
     assert fake.connections[0].audio_bytes < fake.audio_for("a long sentence " * 10)
 
 
@@ -359,3 +362,21 @@ async def test_key_never_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> N
         with pytest.raises(DeepgramError):
             await anext(DeepgramTts(KEY, base_url=fake.url).synthesize(speak()))
     assert caplog.records and KEY not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- handshake
+
+
+async def test_no_socket_offers_permessage_deflate() -> None:
+    """What the SDK really sends through the adapter (the patch used to miss the modules the SDK calls)."""
+    async with DeepgramListenFake(Script(), api_key=KEY) as listen, DeepgramSpeakFake(api_key=KEY) as speak_:
+        session = DeepgramStt(KEY, base_url=listen.url).session()
+        await session.start(lambda e: None)
+        await session.close()
+        async for _ in DeepgramTts(KEY, base_url=speak_.url).synthesize(speak("Hi.")):
+            pass
+    for conn in (*listen.connections, *speak_.connections):
+        headers = {k.lower(): v for k, v in conn.headers.items()}
+        assert headers["upgrade"].lower() == "websocket"
+        assert "sec-websocket-extensions" not in headers, headers["sec-websocket-extensions"]
+    assert listen.connections and speak_.connections

@@ -8,8 +8,8 @@ tests below read their logs. Faults that do not interfere share a call:
 - stt_drop_and_llm_retries: the Deepgram socket drops after the second line, Groq answers turn 1 with a
   429 (retry-after 0.3 s) and turn 2 with a 500 before succeeding, and is 1.5 s slow to its first byte in
   turn 4;
-- llm_and_tts_failures: Groq fails turn 1 with 500 twice, truncates its stream in turn 3, and the 4th
-  Aura request (the long answer's first sentence) is refused with a 500;
+- llm_and_tts_failures: Groq fails turn 1 with 500 twice, truncates its stream in turn 3, and the Aura
+  socket drops at the 4th line (the long answer's first sentence) and its reconnect is refused with a 500;
 - late_stt_speech_started: a short answer whose Deepgram SpeechStarted comes after the local VAD's stop
   (a regression call for 347e999 and 0c68d1b: the STT's SpeechStarted used to hold the floor for good,
   swallowing the reply, and the no_reply_over_caller invariant counted it as the caller speaking).
@@ -62,7 +62,7 @@ SCENARIOS = [
     }),
     # The failures of turns 1 and 3 come after the turn is taken (delay_s, ttft_s): an LLM error during the
     # preemptive phase is dropped and the turn retried, which would only consume the next two items.
-    Scenario("llm_and_tts_failures", speak_faults=SpeakFaults(status_on=(4,)), groq={
+    Scenario("llm_and_tts_failures", speak_faults=SpeakFaults(drop_on_speak=(4,), refuse_after_drop=500), groq={
         **REPLIES,
         CALLER[0]: [HttpError(500, delay_s=0.4), HttpError(500), HttpError(500), HttpError(500)],
         CALLER[2]: [TRUNCATED, TRUNCATED],
@@ -213,6 +213,15 @@ def test_a_clean_call_has_no_provider_trouble_on_record(calls: Calls) -> None:
 # ---------------------------------------------------------------------------------------------- faults
 
 
+def test_the_call_speaks_every_line_over_one_warm_aura_socket(calls: Calls) -> None:
+    """Opened as the call starts, before the greeting; Speak + Flush per line on it (issue 10)."""
+    call = calls.outcomes["clean"]
+    lines = [s for s in call.of(ev.Speak) if heard(call, s)]
+    (conn,) = call.speak.connections
+    assert len(lines) >= 8 and conn.controls.count("Flush") == len(call.of(ev.Speak))
+    assert call.speak.warnings == 0 and call.speak.refused_429 == 0
+
+
 def test_a_dropped_deepgram_socket_is_reconnected_and_later_lines_transcribed(calls: Calls) -> None:
     call = calls.outcomes["stt_drop_and_llm_retries"]
     assert [w for w, _ in notices(call, "deepgram")] == ["stt_dropped", "stt_reconnected"]
@@ -269,7 +278,7 @@ def test_a_truncated_groq_stream_speaks_the_fallback(calls: Calls) -> None:
 
 def test_a_tts_500_skips_one_line_and_the_turn_goes_on(calls: Calls) -> None:
     call = calls.outcomes["llm_and_tts_failures"]
-    assert call.speak.failed == [4]
+    assert len(call.speak.failed) == 1 and call.speak.connections[0].ended == "dropped"
     (error,) = call.of(ev.TtsError)
     failed = call.by_seq(error.cause)
     assert isinstance(failed, ev.Speak) and failed.text == "It's running a day late." and not heard(call, failed)

@@ -211,7 +211,7 @@ def test_turn_taking_numbers_and_patterns_are_checked() -> None:
 def test_unknown_key_without_a_close_match_lists_the_allowed_keys() -> None:
     report = check_text("name: x\nllm: {zzz: 1}\n", "f.yaml")
     assert report.errors == ["f.yaml:2:7 llm.zzz: unknown key 'zzz' (allowed: provider, model, temperature, "
-                             "max_tokens)"]
+                             "max_tokens, reasoning_effort)"]
 
 
 @pytest.mark.parametrize(("text", "error"), [

@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from adapters.groq import GroqLlm, from_env
+from adapters.reasoning import ALLOWANCE, ThinkFilter, reasoning_for
 from engine.events import (
     Input,
     LlmDone,
@@ -74,7 +75,9 @@ async def test_request_carries_messages_tools_and_settings() -> None:
     assert req.headers["Authorization"] == f"Bearer {KEY}"
     body = req.body
     assert body["model"] == "openai/gpt-oss-120b" and body["stream"] is True
-    assert body["temperature"] == 0.5 and body["max_completion_tokens"] == 99
+    # the reply's 99 tokens plus the allowance of gpt-oss's low-latency default effort
+    assert body["temperature"] == 0.5 and body["max_completion_tokens"] == 99 + ALLOWANCE["low"]
+    assert body["reasoning_effort"] == "low"
     assert body["messages"] == [{"role": "system", "content": "You are brief."},
                                 {"role": "user", "content": "Is my shipment delayed?"}]
     assert body["tools"] == [LOOKUP.as_openai()]
@@ -110,7 +113,7 @@ async def test_first_token_waits_for_the_ttft() -> None:
 
 
 async def test_cancel_mid_stream_closes_the_stream_and_emits_nothing_after() -> None:
-    reply = Reply("one two three four five six seven eight nine ten " * 5, token_delay_s=0.05)
+    reply = Reply("one two three four five six seven eight nine ten " * 5, token_delay_s=0.05, reasoning="")
     async with GroqFake([reply], api_key=KEY) as fake:
         llm = GroqLlm(KEY, base_url=fake.url)
         events: list[Input] = []
@@ -246,3 +249,139 @@ async def test_key_never_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> N
     async with GroqFake([Reply("never")], api_key="another-key") as fake:
         await run(fake)
     assert caplog.records and KEY not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- reasoning
+
+
+async def test_the_default_model_reasons_at_low_effort_within_a_budget_for_reasoning_and_reply() -> None:
+    """gpt-oss reasons at medium unless told (groq SDK reasoning_effort docstring) and its reasoning comes out
+    of max_completion_tokens: at medium the fake spends more than the old 256-token budget, leaving nothing
+    to say. The default settings must still answer aloud."""
+    async with GroqFake([Reply("Your shipment is on time.")], api_key=KEY) as fake:
+        events = await run(fake)
+    (req,) = fake.requests
+    assert req.body["reasoning_effort"] == "low"
+    assert req.body["max_completion_tokens"] == 256 + ALLOWANCE["low"]
+    assert text_of(events) == "Your shipment is on time."
+    assert events[-1] == LlmDone(t_ms=0, cause=7, finish_reason="stop")
+
+
+async def test_the_default_flow_answers_aloud_through_the_reasoning_fake() -> None:
+    """The LLM that build_providers makes for a flow with every llm default, against the fake that streams
+    reasoning deltas which consume the budget as Groq's do."""
+    from callstate.providers import build_providers
+    from engine.flow import Flow
+
+    async with GroqFake([Reply("It arrives on Thursday.")], api_key=KEY) as fake:
+        flow = Flow.model_validate({"name": "defaults", "system": "Be brief.", "stt": {"provider": "local"},
+                                    "tts": {"provider": "local"}})
+        llm = build_providers(flow, {"GROQ_API_KEY": KEY, "GROQ_BASE_URL": fake.url}).llm
+        events: list[Input] = []
+        try:
+            await llm.stream(start_llm(), events.append)
+        finally:
+            await llm.aclose()  # type: ignore[attr-defined]
+    assert fake.requests[0].chunks_sent > ALLOWANCE["low"] // 100  # reasoning deltas did stream first
+    assert text_of(events) == "It arrives on Thursday."
+    assert events[-1] == LlmDone(t_ms=0, cause=7, finish_reason="stop")
+
+
+async def test_reasoning_deltas_are_never_spoken() -> None:
+    async with GroqFake([Reply("Yes, it left today.", reasoning=" The user asks about a parcel.")],
+                        api_key=KEY) as fake:
+        events = await run(fake, reasoning_effort="high")
+    assert fake.requests[0].body["reasoning_effort"] == "high"
+    assert fake.requests[0].chunks_sent >= 6 + 5  # role, 5 reasoning words, 5 content words
+    assert text_of(events) == "Yes, it left today."
+    assert not any("parcel" in repr(e) for e in events)
+
+
+@pytest.mark.parametrize("effort", [None, "default"])
+async def test_a_qwen3_model_never_speaks_its_think_block(effort: str | None) -> None:
+    """qwen3's default reasoning_format is raw (<think> in the content) without tools (console.groq.com/
+    docs/reasoning): the adapter asks for parsed reasoning, and drops any think block that still comes."""
+    async with GroqFake([Reply("Sure, one moment.", reasoning=" secret plan")], api_key=KEY) as fake:
+        events = await run(fake, model="qwen/qwen3-32b", reasoning_effort=effort)
+    assert text_of(events) == "Sure, one moment."
+    body = fake.requests[0].body
+    assert body["reasoning_format"] == "parsed" and body["reasoning_effort"] == (effort or "none")
+
+
+def test_think_blocks_are_cut_across_chunk_boundaries() -> None:
+    f = ThinkFilter()
+    parts = ["<th", "ink>I should", " greet</thi", "nk>Hello", " <", "b>world", "<think>x"]
+    assert "".join(f.feed(p) for p in parts) + f.flush() == "Hello <b>world"
+    g = ThinkFilter()
+    assert g.feed("a <") == "a " and g.flush() == "<"  # a held '<' is released at the end
+
+
+@pytest.mark.parametrize(("model", "effort", "error"), [
+    ("openai/gpt-oss-20b", "none", "'none' is not one of low, medium, high for openai/gpt-oss-20b"),
+    ("qwen/qwen3-32b", "high", "'high' is not one of none, default for qwen/qwen3-32b"),
+    ("llama-3.3-70b-versatile", "low", "llama-3.3-70b-versatile does not reason; remove it"),
+    ("some/new-model", "extreme", "'extreme' is not one of none, default, low, medium, high"),
+])
+def test_an_effort_the_family_does_not_take_is_refused_in_one_line(model: str, effort: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error) as info:
+        GroqLlm(KEY, model=model, reasoning_effort=effort)
+    assert "\n" not in str(info.value)
+
+
+def test_each_family_gets_its_default_effort_and_allowance() -> None:
+    assert reasoning_for("openai/gpt-oss-120b").request == {"reasoning_effort": "low"}
+    assert reasoning_for("qwen/qwen3.8-27b", "medium").allowance == ALLOWANCE["medium"]
+    assert reasoning_for("llama-3.1-8b-instant") == reasoning_for("some/new-model")  # nothing sent, nothing added
+    assert reasoning_for("llama-3.1-8b-instant").request == {}
+
+
+async def test_length_speaks_what_came_and_puts_it_on_record(caplog: pytest.LogCaptureFixture) -> None:
+    long = "one two three four five six seven eight nine ten eleven twelve"
+    async with GroqFake([Reply(long, reasoning=" hm")], api_key=KEY) as fake:
+        events = await run(fake, max_tokens=5, reasoning_effort="low")
+    assert text_of(events) == long  # 1 reasoning token and 12 words fit in 5 + 512
+    async with GroqFake([Reply(long, reasoning=" hm" * 514)], api_key=KEY) as fake:
+        events = await run(fake, max_tokens=5, reasoning_effort="low")
+    assert text_of(events) == "one two three"  # 517 - 514 tokens of reply
+    assert events[-2] == ProviderNotice(t_ms=0, cause=7, provider="groq", what="length",
+                                        detail="reply cut at max_completion_tokens=517 (reasoning_effort=low)")
+    assert events[-1] == LlmDone(t_ms=0, cause=7, finish_reason="length")
+    assert "max_completion_tokens=517" in caplog.text
+
+
+async def test_length_with_nothing_said_is_an_llm_error() -> None:
+    """A budget spent on reasoning alone: the flow's fallback line, not silence."""
+    async with GroqFake([Reply("never said", reasoning=" hm" * 800)], api_key=KEY) as fake:
+        events = await run(fake, reasoning_effort="low")
+    assert events == [LlmError(t_ms=0, cause=7, message="groq: length: 768 tokens ran out before a reply "
+                                                      "(reasoning_effort=low)")]
+
+
+async def test_a_cut_tool_call_is_not_run() -> None:
+    call = ToolCall("lookup_booking", '{"ref": "X7K2QP"}')
+    async with GroqFake([Reply("Let me see.", tool_calls=[call], reasoning=" hm" * 513)], api_key=KEY) as fake:
+        events = await run(fake, start_llm(tools=(LOOKUP,)), max_tokens=5, reasoning_effort="low")
+    assert text_of(events) == "Let me see."  # 516 of 517 tokens: the call's tokens do not fit
+    assert not any(isinstance(e, LlmToolCall) for e in events)
+    assert events[-1] == LlmDone(t_ms=0, cause=7, finish_reason="length")
+
+
+async def test_x_groq_error_is_an_llm_error() -> None:
+    """x_groq.error: "An error string indicating why a stream was stopped early" (groq SDK chunk types)."""
+    async with GroqFake([Reply("Half an ans", stopped_early="model overloaded")], api_key=KEY) as fake:
+        events = await run(fake)
+    assert events[-1] == LlmError(t_ms=0, cause=7, message="groq: stream stopped early: model overloaded")
+    assert not any(isinstance(e, LlmDone) for e in events) and len(fake.requests) == 1
+
+
+def test_a_flow_sets_reasoning_effort_and_a_wrong_one_is_a_placed_one_line_error() -> None:
+    from callstate.flows import check_text
+    from callstate.providers import options
+
+    flow = "name: x\nsystem: hi\nllm:\n  provider: groq\n  model: {model}\n  reasoning_effort: {effort}\n"
+    good = check_text(flow.format(model="openai/gpt-oss-120b", effort="medium"))
+    assert good.errors == [] and good.flow is not None
+    assert options("llm", good.flow.llm).reasoning_effort == "medium"  # type: ignore[attr-defined]
+    bad = check_text(flow.format(model="openai/gpt-oss-20b", effort="none"))
+    assert bad.errors == ["<flow>:3:1 llm: reasoning_effort: 'none' is not one of low, medium, high for "
+                          "openai/gpt-oss-20b"]

@@ -167,7 +167,7 @@ def test_sigterm_mid_call_loses_no_event(tmp_path: Path) -> None:
 
 def test_kill_9_keeps_every_flushed_turn_and_marks_the_call_abandoned(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
-    proc, port = serve(db)
+    proc, port = serve(db, "--lease-s", "1")
 
     async def scenario() -> None:
         task = asyncio.create_task(call_until(port, 30))
@@ -177,7 +177,14 @@ def test_kill_9_keeps_every_flushed_turn_and_marks_the_call_abandoned(tmp_path: 
 
     asyncio.run(scenario())
     proc.wait(10)
-    again, _ = serve(db)  # a restart marks what the crash left open
+    again, _ = serve(db, "--lease-s", "1")  # a live server ends what the crash left open once its lease lapses
+
+    def status() -> str:
+        with SqliteStore(str(db), readonly=True) as s:
+            return s.list_calls()[0].status
+    deadline = time.monotonic() + 20
+    while status() == "open" and time.monotonic() < deadline:
+        time.sleep(0.05)  # another process's sweep: polled, bounded
     again.send_signal(signal.SIGTERM)
     assert again.wait(20) == 0
     store = SqliteStore(str(db), readonly=True)

@@ -34,6 +34,21 @@ def test_serve_refuses_to_start_without_the_providers_keys(capsys, monkeypatch) 
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("tts", ["{provider: playht}", "{provider: local, fallback: playht}"])
+def test_serve_refuses_a_playht_flow_without_its_base_url_in_one_line(tmp_path: Path, capsys, monkeypatch,
+                                                                       tts: str) -> None:
+    """PlayHT's public endpoints are gone: such a flow would start and then fail every line."""
+    monkeypatch.delenv("PLAYHT_BASE_URL", raising=False)
+    for key in ("PLAYHT_API_KEY", "PLAYHT_USER_ID"):
+        monkeypatch.setenv(key, "x")
+    flow = tmp_path / "playht.yaml"
+    flow.write_text(f"name: p\nstt: {{provider: local}}\nllm: {{provider: local}}\ntts: {tts}\n")
+    assert main(["serve", "--flow", str(flow), "--port", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: tts: playht needs PLAYHT_BASE_URL: PlayHT's public API closed at the end of 2025; "
+                   "set it to a PlayHT-compatible server")
+
+
 def test_missing_keys_lists_each_variable_once_and_never_a_value() -> None:
     flow = load_flow(ROOT / "flows/shipment_status.yaml")
     assert missing_keys(flow, {"GROQ_API_KEY": "gsk-secret"}) == ["DEEPGRAM_API_KEY (for stt: deepgram)"]

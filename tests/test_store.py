@@ -1,4 +1,5 @@
-"""engine/store.py: the append-only log. Corruption is made with raw sqlite3, as a disk or a hand would."""
+"""engine/store.py and engine/pgstore.py: the append-only log. One conformance suite runs against every
+backend (SQLite, PostgreSQL, memory); corruption is made with raw SQL, as a disk or a hand would."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from engine.events import (
     ToolSpec,
     Transcript,
 )
-from engine.store import CallRow, MemoryStore, SqliteStore, Store, StoreError
+from engine.store import CallRow, MemoryStore, SqliteStore, Store, StoreError, open_store
 
 T0 = "2025-06-01T10:00:00+00:00"
 EVENTS = [
@@ -69,14 +70,26 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "calls.db"
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def store(request: pytest.FixtureRequest, db_path: Path):
-    s = SqliteStore(db_path) if request.param == "sqlite" else MemoryStore()
+    if request.param == "postgresql":
+        s: Store = open_store(request.getfixturevalue("pg_url"))
+    else:
+        s = SqliteStore(db_path) if request.param == "sqlite" else MemoryStore()
     yield s
     s.close()
 
 
-# ---------------------------------------------------------------------------------------------- both backends
+def another(store: Store) -> Store:
+    """A second instance (another process or host) on the same log, with its own owner id."""
+    if isinstance(store, MemoryStore):
+        new = MemoryStore()
+        new.calls, new.events, new.instances = store.calls, store.events, store.instances
+        return new
+    return open_store(str(store.path) if isinstance(store, SqliteStore) else store.url)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------- every backend
 
 
 def test_round_trip_gives_back_equal_events_in_seq_order(store: Store) -> None:
@@ -137,31 +150,60 @@ def test_mark_abandoned_leaves_calls_this_store_has_open(store: Store) -> None:
     assert store.list_calls()[0].status == "open"
 
 
-def restarted(store: Store) -> Store:
-    """The store a new process opens on the same log after this one crashed (no close_call, no close())."""
-    if isinstance(store, SqliteStore):
-        store._db.close()
-        store._release()  # the kernel drops a dead process's flock
-        return SqliteStore(store.path)
-    assert isinstance(store, MemoryStore)
-    new = MemoryStore()
-    new.calls, new.events = store.calls, store.events
-    return new
+def test_a_live_owner_s_calls_are_never_abandoned_by_another_instance(store: Store) -> None:
+    write_call(store, "live", close=False)  # open_call took a lease
+    other = another(store)
+    try:
+        assert other.mark_abandoned() == []
+        assert [c.status for c in other.list_calls()] == ["open"]
+    finally:
+        other.close()
 
 
-def test_mark_abandoned_marks_calls_a_crashed_process_left_open(store: Store) -> None:
+def test_calls_of_a_lapsed_owner_are_abandoned_once_by_any_instance(store: Store) -> None:
     write_call(store, "done")
     write_call(store, "cut", close=False)
-    store = restarted(store)
-    with pytest.raises(StoreError, match="claim it first"):
-        store.mark_abandoned()
-    store.claim("test")
-    assert store.mark_abandoned() == ["cut"]
-    assert store.mark_abandoned() == []
-    assert {c.call_id: (c.status, c.outcome, c.duration_ms) for c in store.list_calls()} == {
-        "done": ("ended", "hangup", 40), "cut": ("abandoned", "abandoned", 40)}
-    assert store.load("cut") == EVENTS  # what was flushed before the crash stays readable
-    store.close()
+    store.renew_lease(0)  # the owner stops renewing (killed): its lease runs out
+    other = another(store)
+    try:
+        assert other.mark_abandoned() == ["cut"]
+        assert other.mark_abandoned() == []  # idempotent
+        assert {c.call_id: (c.status, c.outcome, c.duration_ms) for c in other.list_calls()} == {
+            "done": ("ended", "hangup", 40), "cut": ("abandoned", "abandoned", 40)}
+        assert other.load("cut") == EVENTS  # what was flushed before the crash stays readable
+    finally:
+        other.close()
+
+
+def test_a_released_lease_lets_the_next_sweep_end_what_was_left_open(store: Store) -> None:
+    write_call(store, "left", close=False)
+    store.release_lease()
+    other = another(store)
+    try:
+        assert other.mark_abandoned() == ["left"]
+    finally:
+        other.close()
+
+
+def test_an_owner_whose_call_was_abandoned_writes_none_of_it_again(store: Store) -> None:
+    store.open_call("c1", started_at=T0, flow="demo")
+    for event in EVENTS[:4]:
+        store.append("c1", event)
+    store.flush()
+    store.renew_lease(0)  # a stall longer than the lease: another instance takes the call as dead
+    other = another(store)
+    try:
+        assert other.mark_abandoned() == ["c1"]
+        store.renew_lease()  # the stalled owner wakes up and goes on
+        for event in EVENTS[4:]:
+            store.append("c1", event)
+        store.flush()  # dropped, not written after the recorded end
+        with pytest.raises(StoreError, match=r"close_call\('c1'\): the call is not open"):
+            store.close_call("c1", outcome="hangup", ended_t_ms=40, turns=1)
+        assert other.load("c1") == EVENTS[:4]  # the log stays consistent: the call ends where it was cut
+        assert other.list_calls()[0].status == "abandoned"
+    finally:
+        other.close()
 
 
 def test_one_claim_per_log_and_the_refusal_names_the_holder(db_path: Path) -> None:

@@ -16,11 +16,12 @@ import pytest
 from aiohttp import web
 from twilio.http import AsyncHttpClient
 from twilio.http.response import Response
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import HMAC_SHA256, RequestValidator
 
 from adapters.twilio import (
     CallInfo,
     Decoded,
+    Signatures,
     TwilioPhone,
     TwilioRest,
     create_app,
@@ -28,6 +29,7 @@ from adapters.twilio import (
     encode_clear,
     encode_mark,
     encode_media,
+    url_variants,
 )
 from engine.events import CallEnded, Dtmf, Input, PlaybackMark, ProviderNotice
 from tests.fakes import wait_for
@@ -327,6 +329,78 @@ async def test_skip_signature_lets_unsigned_requests_through() -> None:
         assert (await post_twiml(host, form=FORM))[0] == 200
     async with twilio_side(calls, auth_token=TOKEN, skip_signature=True) as (_, c):
         assert c.calls
+
+
+# Webhook Rules (HMAC-SHA256 with a SharedKey) and ports. Every vector is computed by the twilio SDK's own
+# RequestValidator.compute_signature (request_validator.py), never by our code.
+SHARED = "webhooks_sharedkey_SECRET_77"
+RULES = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_abc123,algorithm=HMAC_SHA256"}
+
+
+def sign256(url: str, params: dict[str, str] | None = None, key: str = SHARED) -> dict[str, str]:
+    sig = RequestValidator(key).compute_signature(url, params or {}, algorithm=HMAC_SHA256)
+    return {"X-Twilio-Signature": sig, **RULES}
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    (sign256(PUBLIC + "/twiml?script=s1", FORM), 200),
+    (sign256(PUBLIC + ":443/twiml?script=s1", FORM), 200),  # explicit port, signed as configured
+    (sign256(PUBLIC + "/twiml?script=s1", {**FORM, "From": "+19990000"}), 403),  # params tampered
+    (sign256(PUBLIC + "/twiml?script=s1", FORM, key=TOKEN), 403),  # SHA-256 keyed with the auth token
+    ({**sign(PUBLIC + "/twiml?script=s1", FORM), **RULES}, 403),  # a SHA-1 signature claiming SHA-256
+    ({**sign256(PUBLIC + "/twiml?script=s1", FORM), "X-Twilio-Webhooks-Signature-Settings": "algorithm=MD5"}, 403),
+    ({"X-Twilio-Signature": "sig\u00e9n\u00e9", **RULES}, 403),  # not ASCII: refused, not a 500
+    (sign(PUBLIC + "/twiml?script=s1", FORM), 200),  # no settings header: the auth token's SHA-1 still works
+])
+async def test_twiml_webhook_rules_signature(headers: dict[str, str], status: int,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serve(create_app(on_call=Calls(), auth_token=TOKEN, shared_key=SHARED, public_url=PUBLIC)) as host:
+        got, _, _ = await post_twiml(host, query="?script=s1", form=FORM, headers=headers)
+    assert got == status
+    assert TOKEN not in caplog.text and SHARED not in caplog.text
+
+
+async def test_a_webhook_rules_request_without_a_shared_key_is_refused_saying_which_variable(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with serve(create_app(on_call=Calls(), auth_token=TOKEN, public_url=PUBLIC)) as host:
+        got, _, _ = await post_twiml(host, query="?script=s1", form=FORM,
+                                     headers=sign256(PUBLIC + "/twiml?script=s1", FORM))
+    assert got == 403
+    assert "HMAC_SHA256 signature, but TWILIO_WEBHOOK_SHARED_KEY is not set" in caplog.text
+
+
+@pytest.mark.parametrize(("public", "signed_url", "ok"), [
+    (PUBLIC, "wss://agent.example.com:443/media", True),  # explicit :443 on wss
+    (PUBLIC + ":443", "wss://agent.example.com/media", True),  # implicit, the Host naming the port
+    (PUBLIC, "wss://agent.example.com/media", True),
+    (PUBLIC, "wss://agent.example.com:80/media", False),  # not the port wss means
+    (PUBLIC, "wss://agent.example.com:8443/media", False),
+    ("http://agent.example.com", "ws://agent.example.com:80/media", True),
+])
+@pytest.mark.parametrize("rules", [False, True])
+async def test_media_upgrade_signature_ports(public: str, signed_url: str, ok: bool, rules: bool) -> None:
+    headers = sign256(signed_url) if rules else sign(signed_url)
+    calls = Calls()
+    async with serve(create_app(on_call=calls, auth_token=TOKEN, shared_key=SHARED, public_url=public)) as host, \
+            aiohttp.ClientSession() as s:
+        if ok:
+            async with s.ws_connect(f"ws://{host}/media", headers=headers) as ws:
+                await ws.send_str(CONNECTED)
+                await ws.send_str(START)
+                await wait_for(lambda: calls.calls)
+        else:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await s.ws_connect(f"ws://{host}/media", headers=headers)
+            assert e.value.status == 403
+
+
+def test_url_variants_name_the_default_port_of_each_scheme() -> None:
+    assert url_variants("wss://a.example/media") == ["wss://a.example/media", "wss://a.example:443/media"]
+    assert url_variants("https://a.example:443/t?x=1") == ["https://a.example/t?x=1", "https://a.example:443/t?x=1"]
+    assert url_variants("ws://a.example/m") == ["ws://a.example/m", "ws://a.example:80/m"]
+    assert url_variants("wss://a.example:8443/m") == ["wss://a.example:8443/m"]
+    assert "SECRET" not in repr(Signatures(TOKEN, SHARED)) and TOKEN not in repr(Signatures(TOKEN, SHARED))
 
 
 # ---------------------------------------------------------------------------------------------- the stream

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DEFAULT_DB
+from callstate.logs import DB_HELP, DEFAULT_DB, where
 from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
 from engine.events import CallTool, ToolResult
-from engine.store import SqliteStore, StoreError
+from engine.store import StoreError, open_store
 from replay.timeline import tool_failure
 from replay.words import plural
 from sim.offline import OfflineCall, OfflineResult
@@ -27,7 +27,7 @@ HELP = "run a scripted call offline, log it to the DB, print transcript and late
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", help="a call script (YAML): caller turns, latencies, canned tools")
     p.add_argument("--flow", help="the flow to run (default: the script's `flow:`, else the built-in one)")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--call-id", help="id for the logged call (default: a fresh one)")
 
 
@@ -38,7 +38,7 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
     if flow_path is None and script.flow:
         flow_path = str(Path(script_path).parent / script.flow)
     flow = resolve_flow(flow_path)
-    store = SqliteStore(db)
+    store = open_store(db)
     runner = ToolRunner(flow.tools)
     try:
         store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), flow=flow.name,
@@ -76,6 +76,6 @@ def run(args: argparse.Namespace) -> int:
     for e in failed:  # also on stderr, in full: a tool that failed is the first thing to fix
         print(f"warning: tool {e.name} failed: {tool_failure(e.error, e.body)}", file=sys.stderr)
     tools = f", {len(failed)} of {plural(len(results), 'tool call')} failed" if failed else ""
-    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}{tools}) to {args.db}")
-    print(f"replay it: engine replay {call_id} --db {args.db}")
+    print(f"\nlogged call {call_id} ({len(result.log)} events, outcome {result.outcome}{tools}) to {where(args.db)}")
+    print(f"replay it: engine replay {call_id} --db {where(args.db)}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DEFAULT_DB, add_since, open_readonly
+from callstate.logs import DB_HELP, DEFAULT_DB, add_since, open_readonly
 from engine.store import StoreError
 from replay.words import width
 
@@ -13,7 +13,7 @@ HELP = "list logged calls (id, start, duration, turns, outcome)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     add_since(p)
 
 

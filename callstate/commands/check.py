@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DEFAULT_DB, add_since, is_call_file, load_call, open_readonly
+from callstate.logs import DB_HELP, DEFAULT_DB, add_since, is_call_file, load_call, open_readonly, where
 from engine.store import StoreError
 from replay.audit import check_log
 from replay.words import plural
@@ -16,7 +16,7 @@ HELP = "reproduce every logged call and check the invariants; exit 1 naming each
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("call_ids", nargs="*", metavar="CALL_ID|FILE.jsonl",
                    help="only these calls, or exported call files (default: every call in the DB)")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     add_since(p)
     p.add_argument("--allow-empty", action="store_true",
                    help="pass when there is no call to check (by default that fails: a gate that checks nothing)")
@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
             return 1
     unknown = [c for c in wanted if c not in ids]
     if unknown:
-        print(f"error: no call {', '.join(map(repr, unknown))} in {args.db}", file=sys.stderr)
+        print(f"error: no call {', '.join(map(repr, unknown))} in {where(args.db)}", file=sys.stderr)
         return 1
     chosen = args.call_ids or ids
     if not chosen:
-        where = f"{args.db} since {args.since}" if args.since else args.db
-        print(f"checked 0 calls: no call in {where}" + ("" if args.allow_empty else " (--allow-empty to pass)"),
+        scope = f"{where(args.db)} since {args.since}" if args.since else where(args.db)
+        print(f"checked 0 calls: no call in {scope}" + ("" if args.allow_empty else " (--allow-empty to pass)"),
               file=sys.stdout if args.allow_empty else sys.stderr)
         return 0 if args.allow_empty else 1
     bad = 0

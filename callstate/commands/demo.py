@@ -12,13 +12,13 @@ import sys
 import time
 import uuid
 
-from callstate.logs import DEFAULT_DB
+from callstate.logs import DB_HELP, DEFAULT_DB
 
 HELP = "run a simulated shipment-status phone call end to end (offline), then replay and summarise it"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help="the call log")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
 
 
 def _say(line: str) -> None:
@@ -34,7 +34,7 @@ async def _demo(db: str) -> int:
     from callstate.simcaller import CallerLine, SimCaller
     from engine import events as ev
     from engine.runtime import LiveCall
-    from engine.store import SqliteStore
+    from engine.store import open_store
     from replay.reproduce import reproduce
 
     class DemoServer(Server):
@@ -57,7 +57,7 @@ async def _demo(db: str) -> int:
 
     hook = await start_webhook()
     flow = demo_flow(hook.url)
-    store = SqliteStore(db)
+    store = open_store(db)
     server = DemoServer(flow, build_providers(flow, {}), store, skip_signature=True)
     runner, port = await start(server)
     _say(f"engine serve on 127.0.0.1:{port} (offline providers); shipment API on {hook.url}")

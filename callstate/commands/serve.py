@@ -11,9 +11,9 @@ import sys
 from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DEFAULT_DB
-from callstate.providers import build_providers, missing_keys
-from engine.store import StoreError
+from callstate.logs import DB_HELP, DEFAULT_DB
+from callstate.providers import build_providers, missing_keys, refusals
+from engine.store import DEFAULT_LEASE_S, StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
 LOG_LEVEL = "info"  # a server says what it does: one line per call started and ended
@@ -24,20 +24,54 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
-    p.add_argument("--db", default=DEFAULT_DB, help=f"the call log (default {DEFAULT_DB})")
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
                    "default: from the Host / X-Forwarded-* headers")
     p.add_argument("--insecure-skip-signature", action="store_true",
                    help="accept requests without a valid X-Twilio-Signature (local work only; without it, "
                    "serve refuses to start unless TWILIO_AUTH_TOKEN is set)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
+    p.add_argument("--workers", default="1", help="worker processes sharing the port (SO_REUSEPORT) under a "
+                   "supervisor that restarts a dead one; `auto` = one per core (default 1)")
+    p.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S,
+                   help="this server's lease on its calls: renewed every third of it; when it lapses (the "
+                   f"server died), any other server marks its calls abandoned (default {DEFAULT_LEASE_S:.0f})")
+    # set by the supervisor for its workers, not by users
+    p.add_argument("--worker-dir", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def worker_count(value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise ValueError(f"--workers must be a number from 1 to 64 or `auto`, not {value!r}")
+    return n
 
 
 def run(args: argparse.Namespace) -> int:
+    tag = f" [worker {args.worker_index}]" if args.worker_dir else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.lease_s <= 0:
+        print("error: --lease-s must be positive", file=sys.stderr)
+        return 2
     try:
         flow = resolve_flow(args.flow)
     except FlowError as exc:
         print(f"error: the flow does not validate:\n{exc}", file=sys.stderr)
+        return 1
+    for line in refusals(flow, os.environ):
+        print(f"error: {line}", file=sys.stderr)
+    if refusals(flow, os.environ):
         return 1
     missing = missing_keys(flow, os.environ)
     if missing:
@@ -52,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
               "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
               "work (`engine demo` needs neither)", file=sys.stderr)
         return 1
+    if workers > 1 and not args.worker_dir:
+        from callstate.supervisor import supervise
+
+        return supervise(args, workers)
     try:
         return asyncio.run(_serve(args, flow))
     except StoreError as exc:
@@ -61,10 +99,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-untyped-def]
     from adapters.twilio import TwilioRest
+    from callstate.lease import LeaseKeeper
     from callstate.server import Server, start
-    from engine.store import SqliteStore
+    from engine.store import new_owner_id, open_store
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
+    shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256
     if args.insecure_skip_signature:
         log.warning("!!! --insecure-skip-signature: Twilio request signatures are NOT checked. Local work only.")
     sid = os.environ.get("TWILIO_ACCOUNT_SID")
@@ -72,32 +112,38 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     if rest is None:
         log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not both set: hang-up closes the stream; "
                     "transfers are not possible")
-    # Ownership first: one live writer per log. Only once this process owns the log AND the port may it end
-    # the calls a dead process left open (a second server that cannot bind must never touch the log).
-    store = SqliteStore(args.db)
-    try:
-        store.claim(f"engine serve (starting, --port {args.port})")
-    except StoreError:
-        store.close()
-        raise
+    owner = new_owner_id()
+    store = open_store(args.db, owner=owner)
+    # One server per SQLite log: claim it first (a worker shares its supervisor's claim). A PostgreSQL log is
+    # shared by design; there the leases alone keep servers apart.
+    if args.worker_dir is None:
+        try:
+            store.claim(f"engine serve (starting, --port {args.port})")
+        except StoreError:
+            store.close()
+            raise
+    store.renew_lease(args.lease_s)  # before any call: our calls are ours from the first one
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
-                    grace_s=args.grace_s)
+                    grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
+                    worker_index=args.worker_index)
     try:
-        runner, port = await start(server, args.host, args.port)
+        runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
     except OSError as exc:
         await server.providers.aclose()
+        store.release_lease()
         store.close()
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    store.claim(f"engine serve on http://{args.host}:{port} since "
-                f"{datetime.now(UTC).isoformat(timespec='seconds')}")
-    abandoned = store.mark_abandoned()
-    if abandoned:
-        log.warning("%d call(s) left open by a previous crash marked abandoned: %s", len(abandoned),
-                    ", ".join(abandoned[:10]))
-    log.info("serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", flow.name,
-             args.host, port)
+    if args.worker_dir is None:
+        store.claim(f"engine serve on http://{args.host}:{port} since "
+                    f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+    # Only once it owns the log and the port does a server sweep: it ends the calls of servers whose lease
+    # has lapsed (they died), never at start, never a live server's (issue 14 replaces mark-at-start).
+    keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
+    keeper.start()
+    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
+             flow.name, args.host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +152,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     log.info("shutting down: no new calls; live calls have %.0f s", args.grace_s)
     await server.shutdown()
     await runner.cleanup()
+    if server.self_runner is not None:
+        await server.self_runner.cleanup()
     store.close()
+    keeper.stop()
     log.info("log flushed; bye")
     return 0
