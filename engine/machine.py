@@ -224,10 +224,6 @@ class CallMachine:
         Machine(model=self._call.agent, states=CallState, transitions=AGENT_TABLE, initial=L, **kw)
         Machine(model=self._call.floor_half, states=Floor, transitions=FLOOR_TABLE, initial=SILENT, **kw)
 
-    @property
-    def state(self) -> CallState:
-        return self._call.state
-
     def feed(self, event: ev.Input) -> list[ev.Effect]:
         return self.step(event)[1]
 
