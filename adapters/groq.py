@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import groq
@@ -37,11 +38,17 @@ Emit = Callable[[Input], None]
 log = logging.getLogger(__name__)
 
 GROQ_URL = "https://api.groq.com"  # the SDK appends /openai/v1/chat/completions
+CHAT_PATH = "/openai/v1/chat/completions"  # groq SDK resources/chat/completions.py
 REQUIRED_ENV = ("GROQ_API_KEY",)
 #: Longest retry-after we wait for: past 2 s a caller is better served by a fallback phrase.
 RETRY_AFTER_CAP_S = 2.0
 #: When a 429 has no retry-after header: the SDK's own initial backoff (groq/_constants.py).
 RETRY_AFTER_DEFAULT_S = 0.5
+#: How long an idle pooled connection is kept. httpx's default is 5 s, shorter than the gap between two
+#: requests of one call (the caller's line plus the agent's): each turn would open a new connection (TCP,
+#: and TLS on a real network) on its critical path. The pool is shared by every call of the process.
+KEEPALIVE_S = 60.0
+POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=KEEPALIVE_S)
 
 
 class _Failure(Exception):
@@ -67,7 +74,7 @@ class GroqLlm:
         # base_url always explicit: with None the SDK would read GROQ_BASE_URL behind our back.
         # timeout_s bounds the connect and each read, so a stalled first byte fails after timeout_s.
         self._client = AsyncGroq(api_key=api_key, base_url=base_url or GROQ_URL, max_retries=0,
-                                 timeout=timeout_s)
+                                 timeout=timeout_s, http_client=groq.DefaultAsyncHttpxClient(limits=POOL))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **settings: Any) -> GroqLlm:
@@ -75,6 +82,20 @@ class GroqLlm:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    async def warm(self) -> str:
+        """Have a connection open in the pool before the call's first request (run while the caller talks).
+
+        ``GET /openai/v1/models`` (authenticated, no tokens spent) opens one when none is idle, DNS and TLS
+        included, and checks the key on the way. Returns "" when ready, else what went wrong (for the log).
+        """
+        try:
+            await self._client.models.with_raw_response.list()
+        except groq.APIStatusError as e:
+            return f"HTTP {e.status_code}"  # the connection is open all the same
+        except groq.APIError as e:
+            return type(e).__name__
+        return ""
 
     async def stream(self, effect: StartLlm, emit: Emit) -> None:
         retried = False
@@ -113,7 +134,12 @@ class GroqLlm:
 
     async def _attempt(self, effect: StartLlm, emit: Emit) -> None:
         try:
-            stream = await self._client.chat.completions.create(**self._request(effect))
+            # The SDK's own request path (auth, base URL, timeout, its status errors) with the body as plain
+            # JSON and the raw httpx response back: not create(), which walks the whole history through its
+            # TypedDict transform on every request and builds pydantic models for every chunk (groq SDK
+            # _base_client.py: post(); _process_response returns an httpx.Response as it is).
+            response = await self._client.post(CHAT_PATH, cast_to=httpx.Response, body=self._request(effect),
+                                               stream=True)
         except groq.RateLimitError as e:
             raise _Failure("429", _retry_after(e.response.headers)) from None
         except groq.InternalServerError as e:
@@ -131,30 +157,33 @@ class GroqLlm:
         emitted = False
         think = ThinkFilter()
         try:
-            async with stream:  # closes the response on every exit: done, error, cancel
-                async for chunk in stream:
-                    if chunk.x_groq is not None and chunk.x_groq.error:
-                        stopped = chunk.x_groq.error
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        delta = choice.delta  # delta.reasoning is never read: it is not for the caller
-                        if delta.content and (text := think.feed(delta.content)):
-                            emitted = True
-                            emit(effect.token(t_ms=0, text=text))
-                        for frag in delta.tool_calls or ():
-                            call = calls.setdefault(frag.index, ["", "", ""])
-                            call[0] = frag.id or call[0]
-                            if frag.function is not None:
-                                call[1] = frag.function.name or call[1]
-                                call[2] += frag.function.arguments or ""
-                        finish = choice.finish_reason or finish
-        except groq.APIError as e:  # an error object inside the stream (reference 3.3): not retried
+            async for chunk in _chunks(response):
+                x_groq = chunk.get("x_groq")
+                if isinstance(x_groq, dict) and x_groq.get("error"):
+                    stopped = str(x_groq["error"])
+                for choice in chunk.get("choices") or ():
+                    if choice.get("index", 0) != 0:
+                        continue
+                    delta = choice.get("delta") or {}  # delta["reasoning"] is never read: not for the caller
+                    content = delta.get("content")
+                    if content and (text := think.feed(content)):
+                        emitted = True
+                        emit(effect.token(t_ms=0, text=text))
+                    for frag in delta.get("tool_calls") or ():
+                        call = calls.setdefault(frag.get("index", 0), ["", "", ""])
+                        call[0] = frag.get("id") or call[0]
+                        function = frag.get("function") or {}
+                        call[1] = function.get("name") or call[1]
+                        call[2] += function.get("arguments") or ""
+                    finish = choice.get("finish_reason") or finish
+        except _StreamError as e:  # an error object inside the stream (reference 3.3): not retried
             raise _Failure(f"stream error: {self._safe(e.message)}", emitted=emitted) from None
         except httpx.TimeoutException:
             raise _Failure("timeout mid-stream" if emitted else "timeout", 0.0, emitted=emitted) from None
-        except httpx.TransportError:
+        except (httpx.TransportError, ValueError):  # ValueError: a chunk that is not JSON (a cut body)
             raise _Failure("truncated stream", 0.0, emitted=emitted) from None
+        finally:
+            await response.aclose()  # on every exit: done, error, cancel
         if stopped is not None:  # groq types/chat/chat_completion_chunk.py XGroq.error
             raise _Failure(f"stream stopped early: {self._safe(stopped)}", emitted=emitted)
         if finish is None:  # the body ended cleanly but without a finish_reason / [DONE]
@@ -176,6 +205,48 @@ class GroqLlm:
 
     def _safe(self, text: str) -> str:
         return _redact(text, self._key)
+
+
+class _StreamError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of a chat completion's server-sent events, up to ``[DONE]``.
+
+    As the SDK's AsyncStream reads them (groq/_streaming.py): an event whose data holds ``error`` raises with
+    the error's message; events with another name are skipped. The SSE format: ``event:`` and ``data:``
+    fields, a blank line ends an event, a line starting with ``:`` is a comment.
+    """
+    event: str | None = None
+    data: list[str] = []
+    lines = response.aiter_lines()
+    async for line in lines:
+        if line:
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+            elif name == "event":
+                event = value.strip()
+            continue
+        if data:
+            text = "\n".join(data)
+            if text.startswith("[DONE]"):
+                async for _ in lines:  # read the body to its end, or httpx drops the connection from the pool
+                    pass
+                return
+            obj = json.loads(text)
+            if isinstance(obj, dict):
+                if obj.get("error") and event in (None, "error"):
+                    error = obj["error"]
+                    message = error.get("message") if isinstance(error, dict) else None
+                    raise _StreamError(message if isinstance(message, str) and message
+                                       else "An error occurred during streaming")
+                if event is None:
+                    yield obj
+        event, data = None, []
 
 
 def _retry_after(headers: httpx.Headers) -> float:

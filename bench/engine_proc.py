@@ -37,6 +37,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from callstate import eventloop
 from callstate.providers import build_providers
 from callstate.server import Server
 from engine import events as ev
@@ -127,6 +128,10 @@ class Probe:
         self.calls: list[CallProbe] = []
         self.flush_us: list[int] = []
         self.lag_ms: list[float] = []
+        self.gc: list[tuple[int, int, int]] = []  # (generation, pause us, CPU us) of every collection
+        self._gc_start = self._gc_cpu = 0
+        self.full_gc: dict[str, Any] = {}
+        gc.callbacks.append(self._gc_callback)
         inner_on_call = server.on_call
 
         async def on_call(info: Any, phone: Any) -> Any:
@@ -146,20 +151,34 @@ class Probe:
 
         store.flush = flush  # type: ignore[method-assign]
 
+    def _gc_callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start, self._gc_cpu = _ns(), time.thread_time_ns()
+        else:  # wall (what a call waits) and CPU (what the collector did, steady on a shared machine)
+            self.gc.append((info["generation"], (_ns() - self._gc_start) // 1000,
+                            (time.thread_time_ns() - self._gc_cpu) // 1000))
+
+    def full_collection(self) -> dict[str, float]:
+        """One full collection's CPU ms and the objects it walks, with the heap as it stands."""
+        t = time.thread_time_ns()
+        gc.collect()
+        return {"cpu_ms": (time.thread_time_ns() - t) / 1e6, "tracked": len(gc.get_objects()),
+                "frozen": gc.get_freeze_count()}
+
     async def lag_monitor(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t = loop.time()
+        while True:  # perf_counter, not loop.time(): uvloop's loop clock has 1 ms steps
+            t = _ns()
             await asyncio.sleep(0.05)
-            self.lag_ms.append((loop.time() - t - 0.05) * 1000)
+            self.lag_ms.append((_ns() - t) / 1e6 - 50)
 
     async def stats(self, request: web.Request) -> web.Response:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         body = {"cpu_s": ru.ru_utime + ru.ru_stime, "rss_kb": _rss_kb(), "active": len(self.server.calls),
-                "calls": [c.stats() for c in self.calls], "flush_us": self.flush_us, "lag_ms": self.lag_ms}
+                "calls": [c.stats() for c in self.calls], "flush_us": self.flush_us, "lag_ms": self.lag_ms,
+                "gc": self.gc, "loop": eventloop.loop_name(), "full_gc": self.full_gc}
         if request.query.get("reset"):
             self.calls = [c for c in self.calls if c.ended is None]
-            self.flush_us, self.lag_ms = [], []
+            self.flush_us, self.lag_ms, self.gc = [], [], []
         return web.json_response(body, dumps=lambda o: json.dumps(o, separators=(",", ":")))
 
     async def memory(self, request: web.Request) -> web.Response:
@@ -193,6 +212,9 @@ async def serve(args: argparse.Namespace) -> None:
     await probe_site.start()
     probe_port = probe_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     lag = asyncio.create_task(probe.lag_monitor())
+    probe.full_gc["start-up"] = probe.full_collection()
+    eventloop.settle_gc()  # as `engine serve` once it listens
+    probe.full_gc["settled"] = probe.full_collection()
     print(f"PORT {port} {probe_port}", flush=True)
     # the load generator closes stdin: shut down (read on the loop, not in a thread a profiler would count)
     reader = asyncio.StreamReader()
@@ -214,7 +236,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # as serve
     if args.tracemalloc:
         tracemalloc.start()
-    asyncio.run(serve(args))
+    eventloop.run(serve(args))  # as `engine serve`: uvloop when installed (CALLSTATE_LOOP=asyncio: not)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import resource
 import socket
 import statistics
 import subprocess
@@ -117,8 +118,9 @@ def bench_flow(*, on_punctuation_ms: int, preemptive: bool = True, finalize: boo
     }
 
 
-def caller_lines(n: int, *, barge_every: int = 0, barge_after_ms: int = 600) -> list[CallerLine]:
-    """n lines cycling the shipment fixtures; the first 1 s into the call, then 300 ms after the agent.
+def caller_lines(n: int, *, barge_every: int = 0, barge_after_ms: int = 600, gap_ms: int = 300,
+                 first_ms: int = 1000) -> list[CallerLine]:
+    """n lines cycling the shipment fixtures; the first ``first_ms`` into the call, then ``gap_ms`` after the agent.
 
     With ``barge_every=k`` every kth line barges in ``barge_after_ms`` into the agent's audio instead.
     """
@@ -128,7 +130,7 @@ def caller_lines(n: int, *, barge_every: int = 0, barge_after_ms: int = 600) -> 
         if barge_every and i % barge_every == barge_every - 1:
             out.append(CallerLine(audio=audio, barge_in_after_ms=barge_after_ms))
         else:
-            out.append(CallerLine(audio=audio, gap_ms=1000 if i == 0 else 300))
+            out.append(CallerLine(audio=audio, gap_ms=first_ms if i == 0 else gap_ms))
     return out
 
 
@@ -261,6 +263,7 @@ class RunResult:
     cpu_s: float
     call_s: float
     loadgen_lag_ms: list[float]
+    loadgen_cpu_s: float  # this process: the fakes and the simulated phones
     wall_s: float
     timed_out: int
     load_before: str
@@ -276,6 +279,11 @@ async def _lag_monitor(out: list[float]) -> None:
         t = loop.time()
         await asyncio.sleep(0.05)
         out.append((loop.time() - t - 0.05) * 1000)
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _streams_by_sid(db: str) -> dict[str, int]:
@@ -294,7 +302,8 @@ def _streams_by_sid(db: str) -> dict[str, int]:
 
 
 async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls: int, lines: int,
-              barge_every: int = 0, stagger_s: float = 4.0, warmup: bool = True, seed: int = 0,
+              barge_every: int = 0, gap_ms: int = 300, first_ms: int = 1000, stagger_s: float = 4.0,
+              warmup: bool = True, seed: int = 0,
               tracemalloc: bool = False, workers: int = 1, db: str | None = None,
               on_loaded: Any = None, on_ready: Any = None, script: list[CallerLine] | None = None) -> RunResult:
     """``calls`` calls of ``lines`` lines, ``concurrency`` at a time (slots started at random offsets)."""
@@ -319,9 +328,10 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
                 n_before = len(dg.streams)
                 load_before = loadavg()
                 monitor = asyncio.create_task(_lag_monitor(lag))
+                cpu_before = _cpu_s()
                 rng = random.Random(seed)
                 if script is None:
-                    script = caller_lines(lines, barge_every=barge_every)
+                    script = caller_lines(lines, barge_every=barge_every, gap_ms=gap_ms, first_ms=first_ms)
                 timeout = len(script) * 10 + sum(x.gap_ms for x in script) / 1000 + 30
                 sims: list[Caller] = []
                 results: list[Any] = []
@@ -340,6 +350,7 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
                     await on_loaded(engine, slots)
                 await asyncio.wait_for(asyncio.gather(*slots), timeout * math.ceil(calls / concurrency) + 60)
                 wall = time.monotonic() - t0
+                loadgen_cpu = _cpu_s() - cpu_before
                 monitor.cancel()
                 await engine.wait_idle()
                 after = await engine.get("/bench/stats")
@@ -354,7 +365,8 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
     rows = _rows(profile, sims, sid_stream, dg, groq, n_before, {c["call_sid"]: c for c in after["calls"]})
     call_s = sum(c["seconds"] for c in after["calls"])
     return RunResult(concurrency=concurrency, calls=calls, rows=rows, engine=after,
-                     cpu_s=after["cpu_s"] - before["cpu_s"], call_s=call_s, loadgen_lag_ms=lag, wall_s=wall,
+                     cpu_s=after["cpu_s"] - before["cpu_s"], call_s=call_s, loadgen_lag_ms=lag,
+                     loadgen_cpu_s=loadgen_cpu, wall_s=wall,
                      timed_out=sum(1 for s in sims if s.result.timed_out), load_before=load_before,
                      load_after=load_after)
 
@@ -472,7 +484,9 @@ def engine_figures(stats: dict[str, Any]) -> dict[str, list[float]]:
             clear_us.append((sent - queued) / 1000)
     return {"engine_us": engine_us, "wait_us": wait_us, "max_late_ms": max_late, "barge_in_us": barge_us,
             "clear_us": clear_us, "flush_us": [float(x) for x in stats["flush_us"]],
-            "lag_ms": stats["lag_ms"]}
+            "lag_ms": stats["lag_ms"], "gc_us": [float(g[1]) for g in stats.get("gc", [])],
+            "gc_cpu_us": [float(g[2]) for g in stats.get("gc", [])],
+            "gc2_us": [float(g[1]) for g in stats.get("gc", []) if g[0] == 2]}
 
 
 HOPS = {
@@ -504,18 +518,30 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
     f = engine_figures(res.engine)
     parts = [r.parts for r in res.rows if r.parts]
     out = [f"-- {res.concurrency} concurrent call(s), {res.calls} calls, {len(res.rows)} lines, "
-           f"wall {res.wall_s:.0f} s, load avg {res.load_before} -> {res.load_after}"]
+           f"wall {res.wall_s:.0f} s, load avg {res.load_before} -> {res.load_after}",
+           f"   engine: {res.engine.get('loop', 'asyncio')} loop, gc {os.environ.get('CALLSTATE_GC', 'freeze')}"]
     if res.timed_out:
         out.append(f"   !! {res.timed_out} call(s) timed out")
     missing = sum(1 for r in res.rows if r.v2v is None)
     out.append(f"   voice-to-voice (caller's ear): {p50_p99(v)}" + (f"; {missing} lines unanswered" if missing else ""))
+    first = [r for r in res.rows if r.line == 1]
+    later = [r for r in res.rows if r.line > 1]
     if added:
-        out.append(f"   engine-added = v2v - {profile.ideal_ms} ms: "
-                   f"{p50_p99([x - profile.ideal_ms for x in v], digits=2)}")
+        ideal = profile.ideal_ms
+        out.append(f"   engine-added = v2v - {ideal} ms: {p50_p99([x - ideal for x in v], digits=2)}")
+        for name, rows in (("first turn", first), ("later turns", later)):
+            xs = [r.v2v - ideal for r in rows if r.v2v is not None]
+            out.append(f"     {name + ':':<13} {p50_p99(xs, digits=2)}")
+    out.append(f"     {'hop (ms)':<16} {'all p50/p99':>13} {'first p50/p99':>15} {'later p50/p99':>15}")
     for key in HOPS:
-        xs = [p[key.strip()] for p in parts if not math.isnan(p.get(key.strip(), math.nan))]
-        if xs:
-            out.append(f"     {key:<16} {p50_p99(xs, digits=2)}   {HOPS[key]}")
+        k = key.strip()
+        cols = []
+        for rows in (res.rows, first, later):
+            xs = [r.parts[k] for r in rows if not math.isnan(r.parts.get(k, math.nan))]
+            cols.append(f"{med(xs):.2f}/{pct(xs, 99):.2f}" if xs else "-")
+        if cols[0] != "-":
+            out.append(f"     {key:<16} {cols[0]:>13} {cols[1]:>15} {cols[2]:>15}   {HOPS[key]}")
+    parts = [r.parts for r in res.rows if r.parts]
     if parts:
         eng = [p["audio_fwd"] + p["final_to_llm"] + p["token_to_tts"] + p["tts_to_caller"] for p in parts]
         fakes = [p["stt_wait"] + p["llm_wait"] + p["tts_wait"] - profile.ideal_ms for p in parts]
@@ -524,7 +550,11 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
                        f"fakes' own lateness: {p50_p99(fakes, digits=2)}")
     cpu_per = res.cpu_s / res.call_s * 1000 if res.call_s else math.nan
     out.append(f"   engine CPU: {res.cpu_s:.1f} s over {res.call_s:.0f} call-s = {cpu_per:.2f} ms per call-second "
-               f"({cpu_per / 10:.2f}% of a core per call)")
+               f"({cpu_per / 10:.2f}% of a core per call); one core at this load: ~{1000 / cpu_per:.0f} calls")
+    lines_per_min = len(res.rows) / res.call_s * 60 if res.call_s else math.nan
+    out.append(f"   load: {lines_per_min:.1f} caller lines per call-minute; engine process "
+               f"{res.cpu_s / res.wall_s:.0%} of a core, load generator (fakes + phones) "
+               f"{res.loadgen_cpu_s / res.wall_s:.0%} of a core over the {res.wall_s:.0f} s of load")
     out.append(f"   engine per input (CallStats.engine_us): {p50_p99(f['engine_us'], 'us', 0)}; "
                f"inbox wait {p50_p99(f['wait_us'], 'us', 0)}")
     by_type: dict[str, list[float]] = {}
@@ -538,6 +568,16 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
     out.append(f"   pacing lateness (TwilioPhone.max_late_ms, worst per call): p50 {med(f['max_late_ms']):.1f} / "
                f"max {max(f['max_late_ms'], default=math.nan):.1f} ms")
     out.append(f"   engine loop lag (50 ms sleeps): {p50_p99(f['lag_ms'])}, max {max(f['lag_ms'], default=0):.1f}")
+    gc_us = f["gc_us"]
+    if gc_us:
+        cpu = f["gc_cpu_us"]
+        out.append(f"   engine GC pauses: {len(gc_us)} ({len(f['gc2_us'])} full), wall {p50_p99(gc_us, 'us', 0)}, "
+                   f"max {max(gc_us):.0f} us; CPU p99 {pct(cpu, 99):.0f}, max {max(cpu):.0f} us")
+    full = res.engine.get("full_gc", {})
+    if full:
+        out.append("   a full collection: " + "; ".join(
+            f"{k} {v['cpu_ms']:.1f} ms CPU over {v['tracked']} objects ({v['frozen']} frozen)"
+            for k, v in full.items()))
     lag = res.loadgen_lag_ms
     out.append(f"   load-generator loop lag: {p50_p99(lag)}, max {max(lag, default=0):.1f}")
     if f["barge_in_us"]:

@@ -1,7 +1,7 @@
 """Engine-added voice-to-voice latency at 1, 10, 50 and 100 concurrent calls (the engine alone in its process).
 
-    python bench/v2v.py [--levels 1,10,50,100] [--lines 12] [--workers 1] [--db sqlite|postgresql://...]
-                        [--json out.json] [--profile DIR] [--tiny]
+    python bench/v2v.py [--levels 1,10,50,100] [--lines 12] [--gap-ms 300] [--first-after-ms 1000]
+                        [--workers 1] [--db sqlite|postgresql://...] [--json out.json] [--profile DIR] [--tiny]
 
 Providers are loopback fakes with fixed delays (bench/fakes.py): the STT's final 150 ms after the caller's
 speech end (as the audio reaches it), the LLM's first token 200 ms after the request, a whole first clause,
@@ -90,8 +90,10 @@ def top_frames(raw: Path, n: int = 15) -> list[str]:
         stack, _, count = line.rpartition(" ")
         c = int(count)
         frames = [f.split(" (")[0] for f in stack.split(";")]
-        if frames[-1].endswith(".select") or frames[0] == "Thread._bootstrap":
-            continue  # idle in epoll; a worker thread (py-spy counts one blocked in a read as busy)
+        if frames[-1].endswith(".select") or frames[-1] == "Runner.run" or frames[0] == "Thread._bootstrap":
+            # idle in epoll (asyncio's selector; uvloop's C loop shows as Runner.run with nothing above it);
+            # a worker thread (py-spy counts one blocked in a read as busy)
+            continue
         total += c
         self_c[frames[-1]] += c
         cats[_category(frames)] += c
@@ -119,7 +121,8 @@ async def main_async(args: argparse.Namespace) -> None:
             async def hook(engine: Any, slots: Any) -> None:
                 spies.append(asyncio.create_task(profile_engine(Path(args.profile), args.profile_s, engine, slots)))
         with fresh_log(args.db) as db:
-            res = await run(PROFILE, flow, concurrency=level, calls=calls, lines=args.lines, on_loaded=hook,
+            res = await run(PROFILE, flow, concurrency=level, calls=calls, lines=args.lines,
+                            gap_ms=args.gap_ms, first_ms=args.first_after_ms, on_loaded=hook,
                             warmup=not args.tiny, workers=args.workers, db=db)
         for line in summary(res, PROFILE):
             print(line, flush=True)
@@ -148,6 +151,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,10,50,100")
     ap.add_argument("--lines", type=int, default=12, help="caller lines per call")
+    ap.add_argument("--gap-ms", type=int, default=300,
+                    help="the caller's pause after the agent's line (the turn rate: 300 is a chatty call)")
+    ap.add_argument("--first-after-ms", type=int, default=1000,
+                    help="when the caller's first line starts (a greeting's length; past 5 s httpx's default "
+                         "keep-alive has dropped every idle LLM connection)")
     ap.add_argument("--min-samples", type=int, default=60,
                     help="at low concurrency, run calls one after another until this many lines")
     ap.add_argument("--workers", type=int, default=1, help="engine processes sharing the port (SO_REUSEPORT)")

@@ -30,6 +30,7 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: The provider's name (the kind's default when omitted).
     provider: str | None = None
 
 
@@ -48,8 +49,11 @@ class SttOptions(Options):
 
 
 class DeepgramSttOptions(SttOptions):
+    #: Deepgram's model (nova-3 and its variants).
     model: str = "nova-3"
+    #: The language spoken, as a BCP-47 tag (en-US).
     language: str = "en-US"
+    #: Words and names to recognise better (Deepgram keyterm prompting).
     keyterms: list[str] = []
     #: Deepgram's own endpointing (ms of silence before speech_final); 300 suits conversation.
     endpointing_ms: int = Field(300, ge=10)
@@ -72,6 +76,7 @@ class GroqOptions(Options):
     #: Groq retired llama-3.3-70b-versatile and llama-3.1-8b-instant on 2026-08-16; gpt-oss-20b is the
     #: lowest-latency model it serves today.
     model: str = "openai/gpt-oss-20b"
+    #: Sampling temperature, 0 to 2; lower is steadier.
     temperature: float = Field(0.3, ge=0, le=2)
     #: The spoken reply's budget; the request adds the reasoning effort's allowance (adapters/reasoning.py).
     max_tokens: int = Field(256, gt=0)
@@ -114,11 +119,14 @@ class TtsOptions(Options):
 
 
 class DeepgramTtsOptions(TtsOptions):
+    #: Deepgram Aura's voice (aura-2-thalia-en, ...).
     voice: str = "aura-2-thalia-en"
 
 
 class PlayHtOptions(TtsOptions):
+    #: The voice to speak with.
     voice: str = "aura-2-thalia-en"  # kept from the shared default; PlayHT-compatible hosts name their own
+    #: Speaking rate (1.0: normal).
     speed: float = Field(1.0, gt=0, le=4)
 
 

@@ -57,17 +57,19 @@ def _ms(v: int | None) -> str:
 
 
 def turn_table(ts: list[Turn]) -> list[str]:
-    head = (f"{'turn':>4}  {'caller':<34} {'stt':>5} {'endpt':>5} {'llm':>5} {'clause':>6} {'tts':>5} "
-            f"{'v2v ms':>7}  notes")
+    head = (f"{'turn':>4}  {'caller':<34} {'stt':>5} {'endpt':>5} {'tool':>5} {'llm':>5} {'clause':>6} "
+            f"{'tts':>5} {'v2v ms':>7}  notes")
     lines = [head, "-" * len(head)]
     for t in ts:
         p = t.parts()
+        first = t.first_audio_purpose
         notes = ", ".join(x for x in (
             "filler" if t.filler else "", "barge-in" if t.barge_in else "",
-            f"tools: {', '.join(t.tools)}" if t.tools else "") if x)
+            f"tools: {', '.join(t.tools)}" if t.tools else "",
+            {"tool_message": "v2v to the delay message", "filler": "v2v to the filler"}.get(first or "", "")) if x)
         caller = t.caller if len(t.caller) <= 34 else t.caller[:31] + "..."
         lines.append(f"{t.index:>4}  {caller:<34} {_ms(p['stt_final_ms']):>5} {_ms(p['endpointing_ms']):>5} "
-                     f"{_ms(p['llm_first_token_ms']):>5} {_ms(p['first_clause_ms']):>6} "
+                     f"{_ms(p.get('tool_ms')):>5} {_ms(p['llm_first_token_ms']):>5} {_ms(p['first_clause_ms']):>6} "
                      f"{_ms(p['tts_first_byte_ms']):>5} {_ms(t.voice_to_voice_ms):>7}  {notes}")
     v2v = [t.voice_to_voice_ms for t in ts if t.voice_to_voice_ms is not None]
     if v2v:

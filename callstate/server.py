@@ -16,6 +16,7 @@ from engine.flow import Flow
 from engine.runtime import LiveCall, Providers
 from engine.states import CallState
 from engine.store import Store
+from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
 
@@ -70,6 +71,10 @@ class Server:
             self.metrics.v2v.observe(v2v)
             log.info("call %s: agent answered, voice to voice %d ms", call.call_id, v2v,
                      extra={"call_id": call.call_id, "v2v_ms": v2v})
+        if isinstance(event, ev.ToolResult) and not event.ok:  # the first thing an operator needs to fix
+            why = tool_failure(event.error, event.body)
+            log.warning("call %s: tool %s failed: %s", call.call_id, event.name, why,
+                        extra={"call_id": call.call_id, "tool": event.name, "error": event.error})
 
     def _ended(self, call_id: str) -> None:
         call = self.calls.pop(call_id, None)

@@ -43,32 +43,48 @@ class ProviderConfig(BaseModel):
 
 
 class Webhook(Strict):
+    #: The tool's HTTP endpoint (http:// or https://); ${VAR} reads it from the environment.
     url: str
+    #: POST sends the arguments as a JSON body; GET sends them as query parameters.
     method: Literal["POST", "GET"] = "POST"
+    #: Headers added to every request, e.g. Authorization: Bearer ${API_KEY}.
     headers: dict[str, str] = {}
+    #: No answer in this long is a failed result (error: timeout).
     timeout_ms: int = Field(3000, gt=0)
+    #: Reuse a result for the same arguments for this many seconds (0: never).
     cache_ttl_s: int = Field(0, ge=0)
+    #: Sign each request with X-Callstate-Signature (HMAC-SHA256 of t.payload) using this secret.
     secret: str | None = None
 
 
 class DelayMessage(Strict):
+    #: Say the text if the tool has not answered this long after it was called.
     after_ms: int = Field(gt=0)
+    #: What the agent says while the tool runs.
     text: str
 
 
 class ToolMessages(Strict):
     """Spoken messages staged like Vapi's: on_start, on_delay (only if the result is slower), on_error."""
 
+    #: Said as the tool is called.
     on_start: str | None = None
+    #: Said while a slow tool runs, each after its own after_ms (only if the result is later).
     on_delay: list[DelayMessage] = []
+    #: Said when the tool fails (timeout, HTTP error, not JSON); default: fallback.tool.
     on_error: str | None = None
 
 
 class Tool(Strict):
+    #: What the tool does, for the LLM: it decides when to call it from this.
     description: str
+    #: JSON Schema (type: object) of the arguments the LLM must send; checked by engine validate.
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    #: Call an HTTP endpoint with the arguments (the webhook contract is in README).
     webhook: Webhook | None = None
+    #: Call a Python function instead, as module:function (sync or async, keyword arguments).
     function: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    #: What the agent says around the call: on_start, on_delay, on_error.
     messages: ToolMessages = ToolMessages()
 
     @model_validator(mode="after")
@@ -83,74 +99,116 @@ class Tool(Strict):
 class ToolRoute(Strict):
     """Where a node goes when a tool returns: by a field of the result, else ``default``."""
 
+    #: The field of the tool's JSON result to route on.
     field: str | None = None
+    #: Value of that field (as text) -> the node to go to.
     cases: dict[str, str] = {}
+    #: The node to go to when no case matches.
     default: str | None = None
 
 
 class TransferAction(Strict):
+    #: The number (E.164, e.g. +15550100) or SIP address to transfer the call to.
     to: str
+    #: Said before the transfer.
     say: str | None = None
 
 
 class Node(Strict):
+    #: Added to the system prompt while the call is in this node.
     instructions: str = ""
-    say: str | None = None  # spoken on entering the node
+    #: Said on entering the node.
+    say: str | None = None
+    #: The flow's tools the LLM may call in this node.
     tools: list[str] = []
+    #: Tool name -> the node to go to when it returns (or a route by a field of its result).
     on_tool: dict[str, str | ToolRoute] = {}
+    #: Keypad digit -> the node to go to when the caller presses it.
     on_dtmf: dict[str, str] = {}
-    goto: list[str] = []  # targets the LLM may move to with the built-in `goto` tool
+    #: Nodes the LLM may move to with the built-in goto tool.
+    goto: list[str] = []
+    #: keep: the LLM keeps the conversation so far; reset: it starts over from summary.
     context: Literal["keep", "reset"] = "keep"
-    summary: str | None = None  # the line that replaces the history when context is reset
-    end: str | None = None  # goodbye line: entering this node ends the call
+    #: With context: reset, the line that replaces the history.
+    summary: str | None = None
+    #: A goodbye line: entering this node says it and ends the call.
+    end: str | None = None
+    #: Entering this node transfers the call.
     transfer: TransferAction | None = None
 
 
 class ScriptedReply(Strict):
     """One scripted LLM answer for the offline (`local`) LLM: text, or a tool call, or both."""
 
+    #: What the scripted LLM says.
     text: str | None = None
+    #: A tool the scripted LLM calls (before or instead of text).
     tool: str | None = None
+    #: The arguments of that tool call.
     arguments: dict[str, Any] = {}
 
 
 class LocalLatency(Strict):
     """How slowly the live `local` providers answer, standing in for hosted ones (the seed's budget)."""
 
-    stt_final_ms: int = Field(150, ge=0)  # VAD stop (Finalize) to the final transcript
+    #: From the end of speech (VAD stop) to the local STT's final transcript.
+    stt_final_ms: int = Field(150, ge=0)
+    #: From the request to the local LLM's first token.
     llm_first_token_ms: int = Field(200, ge=0)
+    #: Between the local LLM's tokens.
     llm_token_ms: int = Field(20, ge=0)
+    #: From a line to the local TTS's first audio.
     tts_first_byte_ms: int = Field(100, ge=0)
 
 
 class LocalScript(Strict):
     """What the offline providers say: caller lines (STT) and agent replies (LLM), in order."""
 
+    #: provider: local STT: the caller's words, one line per utterance the VAD hears.
     caller: list[str] = []
+    #: provider: local LLM: its answers, in order (text, or a tool call).
     replies: list[ScriptedReply] = []
+    #: How slowly the local providers answer, standing in for hosted ones.
     latency: LocalLatency = LocalLatency()
 
 
 class Fallback(Strict):
+    #: Said when the LLM fails or times out.
     llm: str = "Sorry, I'm having trouble right now. Could you say that again?"
+    #: Said when a tool fails and has no messages.on_error.
     tool: str = "Sorry, I couldn't look that up right now."
 
 
 class Flow(Strict):
+    #: The flow's name, as logged with each call.
     name: str
+    #: The agent's first line when the call is answered (none: it waits for the caller).
     greeting: str | None = None
+    #: The LLM's system prompt: who the agent is and how it speaks.
     system: str = "You are a helpful phone agent. Keep answers short and spoken."
+    #: The LLM provider and its options, e.g. {provider: groq, model: openai/gpt-oss-20b}.
     llm: ProviderConfig = ProviderConfig()
+    #: The speech-to-text provider and its options, e.g. {provider: deepgram, model: nova-3}.
     stt: ProviderConfig = ProviderConfig()
+    #: The text-to-speech provider and its options, e.g. {provider: deepgram, voice: aura-2-thalia-en}.
     tts: ProviderConfig = ProviderConfig()
+    #: When the agent takes its turn, yields to a barge-in, fills silence and reprompts.
     turn_taking: policy.TurnTaking = policy.TurnTaking()
+    #: Phrases said (one per turn) when the answer is slow; chosen at random per call.
     fillers: list[str] = ["One moment.", "Let me see.", "Just a second."]
+    #: Said after the caller has been silent for turn_taking.idle.reprompt_ms.
     reprompts: list[str] = ["Are you still there?"]
+    #: Said before the agent hangs up (idle too long, or the call's time limit).
     goodbye: str = "Thanks for calling. Goodbye."
+    #: What the agent says when the LLM or a tool fails.
     fallback: Fallback = Fallback()
+    #: Tools the LLM may call, by name.
     tools: dict[str, Tool] = {}
+    #: The node a call starts in (default: the first of nodes).
     start_node: str | None = None
+    #: Conversation steps, by name: each with its instructions, tools and transitions.
     nodes: dict[str, Node] = {}
+    #: What the keyless local providers say: the caller's lines, the scripted replies, their latency.
     local: LocalScript = LocalScript()
 
     def tool_specs(self, names: list[str] | None = None) -> tuple[ToolSpec, ...]:

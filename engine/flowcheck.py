@@ -17,7 +17,7 @@ _TYPES = ["array", "boolean", "integer", "null", "number", "object", "string"]
 _URL = re.compile(r"https?://[^/\s]", re.I)
 
 
-def _unknown(kind: str, name: str, known: list[str]) -> str:
+def unknown_name(kind: str, name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     if close:
         return f"no {kind} named '{name}' (did you mean '{close[0]}'?)"
@@ -53,7 +53,7 @@ class Checks:
         for i, reply in enumerate(replies if isinstance(replies, list) else []):
             tool = reply.get("tool") if isinstance(reply, dict) else None
             if isinstance(tool, str) and tool != "goto" and tool not in self.tools:
-                self.error(("local", "replies", i, "tool"), _unknown("tool", tool, list(self.tools)))
+                self.error(("local", "replies", i, "tool"), unknown_name("tool", tool, list(self.tools)))
         self.graph()
 
     def parameters(self, schema: dict[str, Any], path: Loc) -> None:
@@ -66,7 +66,7 @@ class Checks:
         for err in errors:
             where = (*path, *err.path)
             if err.path and err.path[-1] == "type" and isinstance(err.instance, str):
-                self.error(where, _unknown("JSON Schema type", err.instance, _TYPES).replace("named ", ""))
+                self.error(where, unknown_name("JSON Schema type", err.instance, _TYPES).replace("named ", ""))
             else:
                 self.error(where, f"not valid JSON Schema: {err.message}")
         if not errors and schema.get("type") != "object":
@@ -74,11 +74,12 @@ class Checks:
         self._required(schema, path)
 
     def _required(self, schema: dict[str, Any], path: Loc) -> None:
-        props: dict[str, Any] = schema["properties"] if isinstance(schema.get("properties"), dict) else {}
+        found = schema.get("properties")
+        props: dict[str, Any] = found if isinstance(found, dict) else {}
         required = schema.get("required")
         for i, name in enumerate(required if isinstance(required, list) else []):
             if name not in props:
-                self.error((*path, "required", i), _unknown("property", str(name), list(props)))
+                self.error((*path, "required", i), unknown_name("property", str(name), list(props)))
         for key, sub in props.items():
             if isinstance(sub, dict):
                 self._required(sub, (*path, "properties", key))
@@ -104,7 +105,7 @@ class Checks:
         if not isinstance(name, str):
             return None
         if name not in self.nodes:
-            self.error(path, _unknown("node", name, list(self.nodes)))
+            self.error(path, unknown_name("node", name, list(self.nodes)))
             return None
         return name
 
@@ -116,12 +117,12 @@ class Checks:
             if tool == "goto":
                 self.error((*at, "tools", i), "'goto' is built in: list the nodes it may reach under `goto`")
             elif isinstance(tool, str) and tool not in self.tools:
-                self.error((*at, "tools", i), _unknown("tool", tool, list(self.tools)))
+                self.error((*at, "tools", i), unknown_name("tool", tool, list(self.tools)))
         on_tool = node.get("on_tool")
         for tool, route in (on_tool.items() if isinstance(on_tool, dict) else ()):
             here = (*at, "on_tool", tool)
             if tool not in self.tools:
-                self.error(here, _unknown("tool", tool, list(self.tools)))
+                self.error(here, unknown_name("tool", tool, list(self.tools)))
             elif isinstance(tools, list) and tool not in tools:
                 self.error(here, f"'{tool}' is not in this node's `tools`, so this route never fires")
             if not isinstance(route, dict):

@@ -66,6 +66,8 @@ class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     flow: Flow | None = None
+    #: The validated document when it is not a flow (check_document), None on errors.
+    value: Any = None
 
     @property
     def ok(self) -> bool:
@@ -96,6 +98,21 @@ def check_text(text: str, name: str = "<flow>", env: Mapping[str, str] | None = 
     try:
         return _Loader(name, os.environ if env is None else env, providers).run(text)
     except RecursionError:  # PyYAML's composer and pydantic both recurse per level of nesting
+        return Report(name, [f"{name}: nested too deeply"])
+
+
+#: Checks beyond the model's own, on the built data: check(data, error, warn) with error(path, message).
+Check = typing.Callable[[dict[str, Any], Any, Any], None]
+
+
+def check_document(text: str, name: str, model: type[BaseModel], check: Check | None = None,
+                   env: Mapping[str, str] | None = None) -> Report:
+    """Any YAML document validated as ``model`` with a flow's treatment: every error at once, as
+    file:line:column key.path, unknown keys with did-you-mean, ${VAR} from the environment. Used for call
+    scripts; the result is in ``Report.value``."""
+    try:
+        return _Loader(name, os.environ if env is None else env, None).run(text, model, check)
+    except RecursionError:
         return Report(name, [f"{name}: nested too deeply"])
 
 
@@ -141,7 +158,7 @@ class _Loader:
         self.ctor = yaml.constructor.SafeConstructor()
         self.count = 0
 
-    def run(self, text: str) -> Report:
+    def run(self, text: str, model: type[BaseModel] = Flow, check: Check | None = None) -> Report:
         report = Report(self.name)
         try:
             self.root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -157,24 +174,32 @@ class _Loader:
         except yaml.YAMLError as exc:
             return Report(self.name, [f"{self.name}: YAML error: {exc}"])
         if self.root is None or (isinstance(self.root, yaml.ScalarNode) and self.root.value == ""):
-            return Report(self.name, [f"{self.name}: empty file (a flow needs at least `name`)"])
+            need = "a flow needs at least `name`" if model is Flow else "expected a mapping"
+            return Report(self.name, [f"{self.name}: empty file ({need})"])
         if not isinstance(self.root, yaml.MappingNode):
             kind = "a list" if isinstance(self.root, yaml.SequenceNode) else "a single value"
             m = self.root.start_mark
+            example = "name: ..., greeting: ..." if model is Flow else "key: value, ..."
             return Report(self.name, [f"{self.name}:{m.line + 1}:{m.column + 1} the top level must be a "
-                                      f"mapping (name: ..., greeting: ...), not {kind}"])
+                                      f"mapping ({example}), not {kind}"])
         try:
             data = self.build(self.root, (), frozenset())
         except _TooBig:
             return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
-        self.check_providers(data)  # first: it turns plain scalars into text where an option wants a string
-        flow = self.validate(Flow, data)
-        Checks(data, self.error, self.warn).run()
+        if model is Flow:
+            self.check_providers(data)  # first: it turns plain scalars into text where an option wants a string
+        value = self.validate(model, data)
+        if model is Flow:
+            Checks(data, self.error, self.warn).run()
+        if check is not None and isinstance(data, dict):
+            check(data, self.error, self.warn)
         # a value that couldn't be built stays as written: only the error that says why is worth showing
         errors = [i for i in self.errors if i.primary or i.loc not in self.unbuilt]
         report.errors = list(dict.fromkeys(self.format(i) for i in sorted(errors)))
         report.warnings = list(dict.fromkeys(self.format(i) for i in sorted(self.warnings)))
-        report.flow = None if report.errors else flow
+        if not report.errors:
+            report.value = value
+            report.flow = value if isinstance(value, Flow) else None
         return report
 
     def format(self, i: _Issue) -> str:

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 class EndpointRule:
     """A flow's own wait: when the caller's text so far matches ``pattern`` (re.search, case-insensitive)."""
 
+    #: A regular expression (case-insensitive) searched in the caller's words so far.
     pattern: str
+    #: How long to wait before taking the turn when the pattern matches.
     wait_ms: int
 
 
@@ -51,6 +53,7 @@ class BargeIn:
     interruptions: tuple[str, ...] = ("stop", "wait", "hold on", "no", "hang on", "sorry")
     #: A confirmed barge-in with no words in this long resumes the unheard rest (LiveKit: 2 s).
     false_interruption_ms: int = 2000
+    #: After a false interruption, say the cut sentence again.
     resume_false_interruption: bool = True
 
 
@@ -59,6 +62,7 @@ class Filler:
     #: Silence after the turn was confirmed before one filler phrase. 700 ms: the point where callers start
     #: to talk over the agent (see DEVELOPERS.md).
     after_ms: int = 700
+    #: Say a filler phrase when the answer is slow.
     enabled: bool = True
 
 
@@ -80,10 +84,15 @@ class Streaming:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TurnTaking:
+    #: How long to wait after the caller's words before the agent answers.
     endpointing: Endpointing = field(default_factory=Endpointing)
+    #: When caller speech over the agent interrupts it.
     barge_in: BargeIn = field(default_factory=BargeIn)
+    #: The one filler phrase per turn when the answer is slow.
     filler: Filler = field(default_factory=Filler)
+    #: Reprompts when the caller says nothing, then goodbye.
     idle: Idle = field(default_factory=Idle)
+    #: Speaking the reply clause by clause as the LLM streams it.
     streaming: Streaming = field(default_factory=Streaming)
     #: Start the LLM on a final transcript during the endpointing wait; keep its output until the turn is
     #: confirmed, cancel it if the caller goes on. Saves the endpointing wait off the LLM's first token.

@@ -22,16 +22,22 @@ class SttSession(Protocol):
     """One call's streaming recognizer. Emits Transcript, UtteranceEnd, SpeechStarted(source="stt")."""
 
     async def start(self, emit: Emit) -> None: ...
-    async def send_audio(self, mulaw: bytes) -> None: ...  # 20 ms of mu-law 8 kHz, as it arrives
+    async def send_audio(self, mulaw: bytes) -> None: ...  # whole 20 ms frames of mu-law 8 kHz
     async def speech_stopped(self) -> None: ...  # the local VAD heard the caller stop: finalize now
     async def close(self) -> None: ...
 
 
 class Stt(Protocol):
+    """May also set ``batch_frames`` (default 1): how many 20 ms frames the runtime joins into one send_audio
+    (fewer, larger messages; audio is never held back across a speech_stopped)."""
+
     def session(self, *, params: dict[str, str]) -> SttSession: ...
 
 
 class Llm(Protocol):
+    """May also have ``async def warm() -> str``: open a connection before the first request needs it; the
+    runtime runs it at call start and logs what it returns (ProviderNotice what="warm")."""
+
     async def stream(self, effect: StartLlm, emit: Emit) -> None:
         """Emit LlmToken* / LlmToolCall* then LlmDone, or LlmError; all with cause=effect.seq."""
 

@@ -40,6 +40,9 @@ CHUNK_MS = 200
 #: CallEnded reasons that mean the caller's line is gone (Twilio's stop, a dropped socket, after our own
 #: Hangup or Transfer). Any other reason is our side ending the stream, fed as a RuntimeFault.
 CALLER_GONE = ("stop", "ws_closed_without_stop", "hangup", "transfer", "caller_hung_up")
+#: Frames a message to the STT while the caller is silent: 100 ms, inside Deepgram's advice of 20-250 ms a
+#: message; silence is only context for the recognizer, so holding it costs no turn any time.
+SILENT_BATCH_FRAMES = 5
 
 
 class Vad(Protocol):
@@ -104,6 +107,14 @@ class LiveCall:
         self.vad = providers.vad()
         self.frames_in = 0
         self.stt_audio: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Frames joined per message to the STT where it costs no latency: the STT's own batch_frames
+        # (ports.Stt) while the caller speaks, SILENT_BATCH_FRAMES while the local VAD hears silence; held
+        # audio goes out before every finalize and at the caller's speech start. Only with finalize at the
+        # VAD's stop: without it the STT's own endpointing would wait for the held frames.
+        batch = max(1, getattr(providers.stt, "batch_frames", 1)) if providers.finalize_on_vad_stop else 1
+        self.stt_batch = (ev.FRAME_BYTES * batch, ev.FRAME_BYTES * (SILENT_BATCH_FRAMES if batch > 1 else 1))
+        self.stt_held = bytearray()
+        self.caller_speaking = False
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
@@ -134,13 +145,23 @@ class LiveCall:
         self.frames_in += 1
         change = self.vad.feed(mulaw, t_audio)
         if change == "start":
+            self.caller_speaking = True
             self.emit(ev.SpeechStarted(t_ms=0))
         elif change == "stop":
+            self.caller_speaking = False
             end = self.vad.stop_ms
             self.emit(ev.SpeechStopped(t_ms=0, end_ms=None if end is None else min(end, self.now_ms())))
             if self.p.finalize_on_vad_stop:
+                self._stt_release()  # never hold audio across a finalize: it would miss the final
                 self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
-        self.stt_audio.put_nowait(mulaw)
+        self.stt_held += mulaw
+        if change == "start" or len(self.stt_held) >= self.stt_batch[not self.caller_speaking]:
+            self._stt_release()
+
+    def _stt_release(self) -> None:
+        if self.stt_held:
+            self.stt_audio.put_nowait(bytes(self.stt_held))
+            self.stt_held.clear()
 
     async def wait(self) -> None:
         await asyncio.shield(self.main)
@@ -150,9 +171,9 @@ class LiveCall:
     async def _run(self) -> None:
         stt_task = asyncio.create_task(self._stt_pump())
         tts_task = asyncio.create_task(self._tts_worker())
-        warm = getattr(self.p.tts, "warm", None)  # a TTS with sockets opens one now, before the first line
-        if warm is not None:
-            self._spawn(warm())
+        # the connections the first turn needs, opened while the caller talks (each on the record when ready)
+        warm_tasks = [asyncio.create_task(self._warm(name, adapter)) for name, adapter in
+                      (("llm", self.p.llm), ("tts", self.p.tts))]
         try:
             while True:
                 event, payload = await self.inbox.get()
@@ -169,7 +190,7 @@ class LiveCall:
                     self.faulted = True
                     self.emit(ev.RuntimeFault(t_ms=0, reason="error"))  # the fallback line, then Hangup
         finally:
-            for t in (stt_task, tts_task, *self.tasks.values()):
+            for t in (stt_task, tts_task, *warm_tasks, *self.tasks.values()):
                 t.cancel()
             for h in self.timers.values():
                 h.cancel()
@@ -332,19 +353,45 @@ class LiveCall:
         whole = len(data) - len(data) % ev.FRAME_BYTES or len(data)
         self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // ev.BYTES_PER_MS)), data)
 
+    async def _warm(self, name: str, adapter: Any) -> None:
+        """Open a provider's connection while the caller talks, off the first turn's path (ports: ``warm``)."""
+        warm = getattr(adapter, "warm", None)
+        if warm is not None:
+            started = self.loop.time()
+            try:
+                detail = str(await warm() or f"ready in {(self.loop.time() - started) * 1000:.0f} ms")
+            except Exception as exc:
+                detail = _safe(exc)
+            self.emit(ev.ProviderNotice(t_ms=0, provider=name, what="warm", detail=detail))
+
     async def _stt_pump(self) -> None:
+        started = self.loop.time()
         try:
             await self.stt.start(self.emit)
         except Exception as exc:
             self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
             return
+        # on the record: when the recognizer was ready (audio before that waits in stt_audio)
+        self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="open",
+                                    detail=f"ready in {(self.loop.time() - started) * 1000:.0f} ms"))
+        batching = self.stt_batch[1] > ev.FRAME_BYTES
         while True:
             frame = await self.stt_audio.get()
+            finalize = frame == b""
+            if batching and not finalize:  # what queued meanwhile goes in the same message, up to a finalize
+                audio = [frame]
+                while not self.stt_audio.empty():
+                    more = self.stt_audio.get_nowait()
+                    if more == b"":
+                        finalize = True
+                        break
+                    audio.append(more)
+                frame = b"".join(audio)  # type: ignore[arg-type]
             try:
-                if frame == b"":
-                    await self.stt.speech_stopped()
-                elif frame is not None:
+                if frame:
                     await self.stt.send_audio(frame)
+                if finalize:
+                    await self.stt.speech_stopped()
             except Exception as exc:
                 self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
 

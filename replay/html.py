@@ -54,7 +54,7 @@ table.parts{border-collapse:collapse;font-size:12px}
 .turnbody{display:flex;flex-wrap:wrap;gap:8px 28px;align-items:flex-start}table.parts td{padding:1px 8px 1px 0}
 table.parts td.num{text-align:right;font-variant-numeric:tabular-nums}
 .wf .bar{fill:#6c8ef5}.wf .bar.v2v{fill:#1d2330}.wf .bar.stt{fill:#7cb9e8}.wf .bar.endpointing{fill:#f2c14e}
-.wf .bar.tts{fill:#f0a35e}.wf .bar.engine{fill:#d9534f}
+.wf .bar.tts{fill:#f0a35e}.wf .bar.engine{fill:#d9534f}.wf .bar.tool{fill:#b08be0}.wf .bar.after{opacity:.45}
 #tip{position:fixed;z-index:9;max-width:420px;white-space:pre-line;background:#1d2330;color:#fff;font-size:12px;
 padding:6px 8px;border-radius:4px;pointer-events:none}
 """
@@ -183,37 +183,39 @@ class _Lanes:
 
 
 def _waterfall(tl: Timeline, t: Turn) -> str:
-    """Bars on the turn's own axis, from the end of the caller's speech to the first agent audio."""
-    engine = tl.engine_ms.get(t.index)
-    bars: list[tuple[str, str, int | None, int | None]] = [
-        ("stt_final_ms", "stt", t.speech_end_ms, t.final_ms),
-        ("endpointing_ms", "endpointing", t.final_ms, t.t_ms),
-        ("llm_first_token_ms", "llm", t.llm_start_ms, t.first_token_ms),
-        ("first_clause_ms", "llm", t.first_token_ms, t.first_speak_ms),
-        ("tts_first_byte_ms", "tts", t.first_speak_ms, t.tts_first_byte_ms),
-        ("engine_ms", "engine", None if engine is None or t.first_audio_ms is None else t.first_audio_ms - engine,
-         t.first_audio_ms if engine is not None else None),
-        ("voice_to_voice_ms", "v2v", t.speech_end_ms, t.first_audio_ms),
-    ]
-    known = [v for _, _, a, b in bars for v in (a, b) if v is not None and a is not None and b is not None]
-    if not known:
+    """Bars on the turn's own axis: the path from the end of the caller's speech to the first agent audio,
+    each stage starting where the one before ended, so they sum to voice to voice; a tool turn adds the
+    tool's whole run, and, when a delay message came first, the path on to the answer."""
+    path, answer = t.waterfall(), t.answer()
+    if not path:
         return '<p class="nowf">no latency to show (no agent audio answered this turn)</p>'
-    lo, hi = min(known), max(known)
+    css = {"stt_final_ms": "stt", "endpointing_ms": "endpointing", "tts_first_byte_ms": "tts", "send_ms": "engine",
+           "tool_ms": "tool", "tool_wait_ms": "tool", "llm_tool_call_ms": "llm", "filler_wait_ms": "endpointing"}
+    bars: list[tuple[str, str, str, int, int]] = [(PART_NAMES[x.key], x.key, css.get(x.key, "llm"), x.start_ms,
+                                                   x.end_ms) for x in path]
+    bars.append(("voice to voice", "voice_to_voice_ms", "v2v", path[0].start_ms, path[-1].end_ms))
+    if t.llm_start_ms is not None and t.llm_tool_call_ms is not None:  # in parallel with endpointing, often
+        bars.append(("llm, to the tool call", "llm_tool_call_run_ms", "llm", t.llm_start_ms, t.llm_tool_call_ms))
+    if t.tool_call_ms is not None and t.tool_result_ms is not None:
+        bars.append(("tool, whole run", "tool_run_ms", "tool", t.tool_call_ms, t.tool_result_ms))
+    if answer:
+        bars += [(f"then {PART_NAMES[x.key]}", x.key, css.get(x.key, "llm") + " after", x.start_ms, x.end_ms)
+                 for x in answer]
+        bars.append(("to the answer", "answer_ms", "v2v after", path[0].start_ms, answer[-1].end_ms))
+    lo, hi = min(b[3] for b in bars), max(b[4] for b in bars)
     scale = 420 / max(hi - lo, 1)
     rows = []
-    for i, (key, css, a, b) in enumerate(bars):
+    for i, (name, key, cls, a, b) in enumerate(bars):
         y = i * 18
-        rows.append(f'<text x="0" y="{y + 12}">{PART_NAMES[key]}</text>')
-        if a is None or b is None:
-            rows.append(f'<text x="130" y="{y + 12}" fill="#8a92a3">not measured</text>')
-            continue
-        x = 130 + (a - lo) * scale
+        rows.append(f'<text x="0" y="{y + 12}">{escape(name)}</text>')
+        x = 150 + (a - lo) * scale
         w = max(1.5, (b - a) * scale)
-        tip = f"{PART_NAMES[key]}: {b - a} ms ({sec(a)} to {sec(b)})"
-        rows.append(f'<g class="wfbar" data-part="{key}" data-tip="{_a(tip)}"><title>{escape(tip)}</title>'
-                    f'<rect class="bar {css}" x="{round(x, 1)}" y="{y + 3}" width="{round(w, 1)}" height="12"/>'
-                    f'</g><text x="{round(x + w + 4, 1)}" y="{y + 12}">{b - a} ms</text>')
-    return (f'<svg class="wf" xmlns="http://www.w3.org/2000/svg" width="620" height="{len(bars) * 18 + 4}" '
+        tip = f"{name}: {b - a} ms ({sec(a)} to {sec(b)})"
+        rows.append(f'<g class="wfbar" data-part="{key}" data-ms="{b - a}" data-tip="{_a(tip)}">'
+                    f'<title>{escape(tip)}</title><rect class="bar {cls}" x="{round(x, 1)}" y="{y + 3}" '
+                    f'width="{round(w, 1)}" height="12"/></g><text x="{round(x + w + 4, 1)}" y="{y + 12}">'
+                    f'{b - a} ms</text>')
+    return (f'<svg class="wf" xmlns="http://www.w3.org/2000/svg" width="640" height="{len(bars) * 18 + 4}" '
             f'role="img" aria-label="latency waterfall of turn {t.index}">{"".join(rows)}</svg>')
 
 

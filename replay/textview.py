@@ -13,13 +13,15 @@ import textwrap
 from typing import TextIO
 
 from replay.timeline import Row, Timeline, sec, tool_failure
-from replay.turns import Turn, percentile
+from replay.turns import Segment, Turn, percentile
 
 _W = {"time": 8, "state": 36, "caller": 32, "agent": 38}
 _COLORS = {"caller": "36", "agent": "32", "state": "33", "turn": "1;35", "barge": "1;31", "dim": "2"}
-#: Short names of Turn.parts() keys, in waterfall order.
-PART_NAMES = {"stt_final_ms": "stt final", "endpointing_ms": "endpointing", "llm_first_token_ms": "llm first token",
-              "first_clause_ms": "first clause", "tts_first_byte_ms": "tts first byte",
+#: Short names of Turn.parts() and Turn.waterfall() keys, in waterfall order.
+PART_NAMES = {"stt_final_ms": "stt final", "endpointing_ms": "endpointing", "llm_tool_call_ms": "llm tool call",
+              "tool_ms": "tool", "tool_wait_ms": "tool, until the delay message",
+              "filler_wait_ms": "silence, until the filler", "llm_first_token_ms": "llm first token",
+              "first_clause_ms": "first clause", "tts_first_byte_ms": "tts first byte", "send_ms": "to the phone",
               "engine_ms": "engine", "voice_to_voice_ms": "voice to voice"}
 
 
@@ -38,13 +40,31 @@ def _ms(v: int | None) -> str:
     return "-" if v is None else f"{v} ms"
 
 
+def _sum(segments: list[Segment]) -> str:
+    return " + ".join(f"{PART_NAMES[x.key]} {x.ms}" for x in segments)
+
+
+def _tool_note(turn: Turn) -> str:
+    """A tool turn's stages in full, since some run in parallel with the path (the LLM's tool call during
+    endpointing, the tool while the delay message plays)."""
+    parts = turn.parts()
+    if "tool_ms" not in parts:
+        return ""
+    return f"llm tool call {_ms(parts['llm_tool_call_ms'])}, tool {_ms(parts['tool_ms'])}"
+
+
 def turn_header(tl: Timeline, turn: Turn) -> str:
-    parts = turn_parts(tl, turn)
-    detail = ", ".join(f"{PART_NAMES[k]} {_ms(v)}" for k, v in parts.items()
-                       if k != "voice_to_voice_ms" and (v is not None or k != "engine_ms"))
+    """The turn's latency as the sum it is: voice to voice = each stage on the path to the first audio."""
+    path = turn.waterfall()
+    v2v = f"{_ms(turn.voice_to_voice_ms)}" + (f" = {_sum(path)}" if path else "")
+    answer = turn.answer()
+    if answer and turn.answer_audio_ms is not None and turn.speech_end_ms is not None:
+        v2v += f"; the answer at {turn.answer_audio_ms - turn.speech_end_ms} ms = + {_sum(answer)}"
+    engine = tl.engine_ms.get(turn.index)
     notes = [n for n in ("filler" if turn.filler else "", "barge-in" if turn.barge_in else "",
-                         f"tools: {', '.join(turn.tools)}" if turn.tools else "") if n]
-    head = f"── turn {turn.index} at {sec(turn.t_ms)} · voice to voice {_ms(turn.voice_to_voice_ms)} ({detail})"
+                         f"tools: {', '.join(turn.tools)}" if turn.tools else "", _tool_note(turn),
+                         f"engine {engine} ms" if engine is not None else "") if n]
+    head = f"── turn {turn.index} at {sec(turn.t_ms)} · voice to voice {v2v}"
     return head + (f" · {'; '.join(notes)}" if notes else "")
 
 

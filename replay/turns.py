@@ -44,6 +44,17 @@ class Turn:
     filler: bool = False
     barge_in: bool = False
     tools: list[str] = field(default_factory=list)
+    # A tool turn: the LLM's first pass ends in a tool call; its second pass, after the result, answers.
+    tool_call_ms: int | None = None  # the CallTool (held until the turn is taken)
+    llm_tool_call_ms: int | None = None  # when the first pass returned the tool call
+    tool_result_ms: int | None = None
+    llm2_start_ms: int | None = None
+    llm2_first_token_ms: int | None = None
+    # What the first agent audio was: the answer, or a line said while waiting (delay message, filler).
+    first_audio_purpose: str | None = None
+    first_audio_speak_ms: int | None = None
+    first_audio_tts_ms: int | None = None
+    answer_audio_ms: int | None = None  # the answer's first audio, when a delay message or filler came first
 
     @property
     def voice_to_voice_ms(self) -> int | None:
@@ -52,17 +63,92 @@ class Turn:
         return self.first_audio_ms - self.speech_end_ms
 
     def parts(self) -> dict[str, int | None]:
+        """Each stage's own latency (stages may overlap: a preemptive LLM runs during endpointing). In a
+        tool turn, the LLM parts are its second pass, after the tool's result."""
+
         def d(a: int | None, b: int | None) -> int | None:
             return None if a is None or b is None else a - b
 
+        tool = {}
+        llm_start, first_token = self.llm_start_ms, self.first_token_ms
+        if self.tool_call_ms is not None:
+            tool = {"llm_tool_call_ms": d(self.llm_tool_call_ms, self.llm_start_ms),
+                    "tool_ms": d(self.tool_result_ms, self.tool_call_ms)}
+            llm_start, first_token = self.llm2_start_ms, self.llm2_first_token_ms
         return {
             "stt_final_ms": d(self.final_ms, self.speech_end_ms),
             "endpointing_ms": d(self.t_ms, self.final_ms),
-            "llm_first_token_ms": d(self.first_token_ms, self.llm_start_ms),
-            "first_clause_ms": d(self.first_speak_ms, self.first_token_ms),
+            **tool,
+            "llm_first_token_ms": d(first_token, llm_start),
+            "first_clause_ms": d(self.first_speak_ms, first_token),
             "tts_first_byte_ms": d(self.tts_first_byte_ms, self.first_speak_ms),
             "voice_to_voice_ms": self.voice_to_voice_ms,
         }
+
+    def _chain(self, start: int | None, marks: list[tuple[str, int | None]], end: int | None) -> list[Segment]:
+        """Consecutive segments from ``start`` through each mark to ``end``: a mark that is missing or came
+        earlier (hidden behind the segment before it, like a preemptive LLM) is skipped, so the segments
+        sum to end - start exactly."""
+        if start is None or end is None or end < start:
+            return []
+        out, at = [], start
+        for key, t in [*marks, ("send_ms", end)]:
+            if t is None or (t <= at and key != "send_ms"):
+                continue
+            t = min(t, end)
+            out.append(Segment(key, at, t))
+            at = t
+        return out
+
+    def waterfall(self) -> list[Segment]:
+        """The path from the end of the caller's speech to the first agent audio, as consecutive segments
+        that sum to voice to voice. A tool turn goes through its tool call; when a delay message (or a
+        filler) was the first audio, the path waits for it and the answer follows in ``answer()``."""
+        marks: list[tuple[str, int | None]] = [("stt_final_ms", self.final_ms), ("endpointing_ms", self.t_ms)]
+        waiting = self.first_audio_purpose in WAITS
+        if self.tool_call_ms is not None:
+            marks.append(("llm_tool_call_ms", self.llm_tool_call_ms))
+            if waiting:
+                marks.append(("tool_wait_ms", self.first_audio_speak_ms))
+            else:
+                marks += [("tool_ms", self.tool_result_ms), ("llm_first_token_ms", self.llm2_first_token_ms)]
+        elif waiting:
+            marks.append(("filler_wait_ms", self.first_audio_speak_ms))
+        else:
+            marks.append(("llm_first_token_ms", self.first_token_ms))
+        if not waiting:
+            marks.append(("first_clause_ms", self.first_audio_speak_ms))
+        marks.append(("tts_first_byte_ms", self.first_audio_tts_ms))
+        return self._chain(self.speech_end_ms, marks, self.first_audio_ms)
+
+    def answer(self) -> list[Segment]:
+        """After a delay message or filler was the first audio: the path on to the answer's first audio."""
+        if self.first_audio_purpose not in WAITS or self.answer_audio_ms is None:
+            return []
+        marks: list[tuple[str, int | None]] = []
+        if self.tool_call_ms is not None:
+            marks += [("tool_ms", self.tool_result_ms), ("llm_first_token_ms", self.llm2_first_token_ms)]
+        else:
+            marks += [("llm_first_token_ms", self.first_token_ms)]
+        marks += [("first_clause_ms", self.first_speak_ms), ("tts_first_byte_ms", self.tts_first_byte_ms)]
+        return self._chain(self.first_audio_ms, marks, self.answer_audio_ms)
+
+
+#: Speak purposes that only fill a wait: the answer is still to come.
+WAITS = ("filler", "tool_message")
+#: Speak purposes that answer the caller (a filler or a delay message only fills the wait).
+ANSWERS = ("reply", "resume", "fallback")
+
+
+@dataclass(frozen=True)
+class Segment:
+    key: str  # a PART_NAMES key (replay/textview.py)
+    start_ms: int
+    end_ms: int
+
+    @property
+    def ms(self) -> int:
+        return self.end_ms - self.start_ms
 
 
 class TurnClock:
@@ -120,6 +206,10 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
     final_t: int | None = None
     speaks: dict[int, Turn] = {}
     llm_turn: dict[int, Turn] = {}
+    llm2_turn: dict[int, Turn] = {}
+    spoken: dict[int, tuple[int, str]] = {}  # Speak seq -> (when, purpose)
+    tts_speak: dict[int, int] = {}  # TtsAudio seq -> its Speak seq
+    tts_first: dict[int, int] = {}  # Speak seq -> its first audio byte
     for st in steps(flow, log):
         e = st.event
         if isinstance(e, ev.Transcript) and e.is_final and st.before in (CallState.LISTENING, CallState.INTERRUPTED):
@@ -137,26 +227,52 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
             t = llm_turn[e.cause]
             if t.first_token_ms is None:
                 t.first_token_ms = e.t_ms
+        if isinstance(e, ev.LlmToken) and e.cause in llm2_turn:
+            t = llm2_turn[e.cause]
+            if t.llm2_first_token_ms is None:
+                t.llm2_first_token_ms = e.t_ms
+        if isinstance(e, ev.LlmToolCall) and e.cause in llm_turn:
+            t = llm_turn[e.cause]
+            if t.llm_tool_call_ms is None:
+                t.llm_tool_call_ms = e.t_ms
+        if isinstance(e, ev.TtsAudio) and e.cause is not None:
+            tts_speak[e.seq] = e.cause
+            tts_first.setdefault(e.cause, e.t_ms)
         if isinstance(e, ev.TtsAudio) and e.cause in speaks:
             t = speaks.pop(e.cause)
             if t.tts_first_byte_ms is None:
                 t.tts_first_byte_ms = e.t_ms
         if turn is None:
             continue
+        if isinstance(e, ev.ToolResult) and turn.tool_call_ms is not None and turn.llm2_start_ms is None:
+            turn.tool_result_ms = e.t_ms
         for x in st.effects:
             if isinstance(x, ev.StartLlm) and (turn.llm_start_ms is None):
                 turn.llm_start_ms = x.t_ms
                 llm_turn[x.seq] = turn
+            elif isinstance(x, ev.StartLlm) and turn.tool_result_ms is not None and turn.llm2_start_ms is None:
+                turn.llm2_start_ms = x.t_ms  # the LLM's second pass: it reads the tool's result
+                llm2_turn[x.seq] = turn
             elif isinstance(x, ev.Speak):
+                spoken[x.seq] = (x.t_ms, x.purpose)
                 turn.agent.append(x.text)
                 turn.filler |= x.purpose == "filler"
-                if turn.first_speak_ms is None and x.purpose in ("reply", "resume", "fallback"):
+                if turn.first_speak_ms is None and x.purpose in ANSWERS:
                     turn.first_speak_ms = x.t_ms  # the answer's first clause (a filler is not the answer)
                     speaks[x.seq] = turn
-            elif isinstance(x, ev.SendAudio) and turn.first_audio_ms is None:
-                turn.first_audio_ms = x.t_ms
+            elif isinstance(x, ev.SendAudio):
+                at, purpose = spoken.get(tts_speak.get(x.cause or -1, -1), (None, None))
+                if turn.first_audio_ms is None:
+                    turn.first_audio_ms = x.t_ms
+                    turn.first_audio_purpose, turn.first_audio_speak_ms = purpose, at
+                    turn.first_audio_tts_ms = tts_first.get(tts_speak.get(x.cause or -1, -1))
+                elif turn.answer_audio_ms is None and purpose not in WAITS \
+                        and turn.first_audio_purpose in WAITS:
+                    turn.answer_audio_ms = x.t_ms
             elif isinstance(x, ev.CallTool):
                 turn.tools.append(x.name)
+                if turn.tool_call_ms is None:
+                    turn.tool_call_ms = x.t_ms
             elif isinstance(x, ev.ClearPlayback):
                 turn.barge_in = True
         if taken and turn.llm_start_ms is None:
@@ -172,9 +288,10 @@ def _adopt_preemptive(turn: Turn, log: list[ev.Event], upto: int, llm_turn: dict
             turn.llm_start_ms = x.t_ms
             llm_turn[x.seq] = turn
             for y in log[:upto]:
-                if isinstance(y, ev.LlmToken) and y.cause == x.seq:
+                if isinstance(y, ev.LlmToken) and y.cause == x.seq and turn.first_token_ms is None:
                     turn.first_token_ms = y.t_ms
-                    break
+                elif isinstance(y, ev.LlmToolCall) and y.cause == x.seq and turn.llm_tool_call_ms is None:
+                    turn.llm_tool_call_ms = y.t_ms
             return
 
 

@@ -8,13 +8,16 @@ Rules:
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from engine.flow import ScriptedReply
+from engine.flow import Flow, ScriptedReply
+from engine.flowcheck import unknown_name
+from engine.flowload import Report, check_document
 
 
 class _Strict(BaseModel):
@@ -67,19 +70,52 @@ class ScriptError(ValueError):
     pass
 
 
-def load_script(path: str | Path) -> CallScript:
-    p = Path(path)
+def is_script(path: str | Path, text: str | None = None) -> bool:
+    """A call script rather than a flow: named *.call.yaml, or a mapping with `caller:` and no `name:`."""
+    if str(path).endswith((".call.yaml", ".call.yml")):
+        return True
+    return text is not None and bool(re.search(r"^caller\s*:", text, re.M)) and not re.search(r"^name\s*:", text, re.M)
+
+
+def check_script(path: str | Path, flow: Flow | None = None) -> Report:
+    """Every problem of a call script at once, as file:line:column key.path: message (a flow's treatment:
+    unknown keys with did-you-mean). With ``flow``, the tools it cans and its replies name must be the
+    flow's: a canned `reserve_tabel` would otherwise be ignored and the real webhook called."""
+    name = str(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return Report(name, [f"{name}: not UTF-8 text"])
     except OSError as exc:
-        raise ScriptError(f"{p}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ScriptError(f"{p}: not valid YAML: {exc}") from None
-    try:
-        return CallScript.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{p}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ScriptError("\n".join(lines)) from None
+        return Report(name, [f"{name}: cannot read ({exc.strerror})"])
+
+    def tools_exist(data: dict[str, Any], error: Any, _warn: Any) -> None:
+        if flow is None:
+            return
+        known = list(flow.tools)
+        canned = data.get("tools")
+        for tool in canned if isinstance(canned, dict) else {}:
+            if tool not in known:
+                error(("tools", tool), unknown_name("tool", str(tool), known) + f" in flow '{flow.name}'")
+        replies = data.get("replies")
+        for i, reply in enumerate(replies if isinstance(replies, list) else []):
+            tool = reply.get("tool") if isinstance(reply, dict) else None
+            if isinstance(tool, str) and tool != "goto" and tool not in known:
+                error(("replies", i, "tool"), unknown_name("tool", tool, known) + f" in flow '{flow.name}'")
+
+    return check_document(text, name, CallScript, tools_exist)
+
+
+def load_script(path: str | Path, flow: Flow | None = None) -> CallScript:
+    report = check_script(path, flow)
+    if report.errors:
+        raise ScriptError("\n".join(report.errors))
+    return report.value  # type: ignore[no-any-return]
+
+
+def script_flow(script_path: str | Path, script: CallScript) -> str | None:
+    """The flow a script names (`flow:`), relative to the script's own directory."""
+    return os.path.normpath(Path(script_path).parent / script.flow) if script.flow else None
 
 
 def speech_ms(text: str, wpm: int) -> int:

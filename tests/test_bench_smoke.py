@@ -15,6 +15,7 @@ BENCHES = {
     "replay_speed": "x real time",
     "log_store": "events/s appended and written",
     "v2v": "engine-added = v2v - 450 ms",
+    "hops": "us CPU per request",
     "budget": "target p50 < 450",
     "barge_in": "input queued -> clear handed to the socket",
     "call_memory": "MB per call",

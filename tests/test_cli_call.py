@@ -107,4 +107,4 @@ def test_a_broken_script_is_a_clear_error(tmp_path, capsys) -> None:
     bad.write_text("caller:\n  - say: hi\n    gap: 3\n")
     assert main(["call", str(bad), "--db", str(tmp_path / "x.db")]) == 1
     err = capsys.readouterr().err
-    assert "caller.0.gap" in err and "Traceback" not in err
+    assert f"{bad}:3:5 caller[0].gap: unknown key 'gap' (did you mean 'gap_ms'?)" in err and "Traceback" not in err

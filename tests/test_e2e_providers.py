@@ -202,12 +202,27 @@ def test_the_tool_is_called_through_the_slow_webhook_and_its_result_answered(cal
 
 def test_a_clean_call_has_no_provider_trouble_on_record(calls: Calls) -> None:
     call = calls.outcomes["clean"]
-    assert call.of(ev.ProviderNotice) == [] and call.of(ev.LlmError) == [] and call.of(ev.TtsError) == []
+    ready = {("stt", "open"), ("llm", "warm"), ("tts", "warm")}  # connections on the record, not trouble
+    trouble = [n for n in call.of(ev.ProviderNotice) if (n.provider, n.what) not in ready]
+    assert trouble == [] and call.of(ev.LlmError) == [] and call.of(ev.TtsError) == []
     (conn,) = call.listen.connections
     assert {k: conn.q(k) for k in ("model", "encoding", "sample_rate", "endpointing", "interim_results")} == {
         "model": "nova-3", "encoding": "mulaw", "sample_rate": "8000", "endpointing": "300",
         "interim_results": "true"}
     assert conn.ended == "close_stream"
+
+
+def test_the_connections_are_open_before_the_first_line_ends_and_the_log_says_when(calls: Calls) -> None:
+    """Issue 15: the first turn pays no connect. The STT socket, a pooled LLM connection and an Aura socket
+    are opened at call start, and each opening is an input on the record (so replay sees it too)."""
+    call = calls.outcomes["clean"]
+    (stt_open,) = [n for n in call.of(ev.ProviderNotice) if (n.provider, n.what) == ("stt", "open")]
+    (llm_warm,) = [n for n in call.of(ev.ProviderNotice) if (n.provider, n.what) == ("llm", "warm")]
+    (tts_warm,) = [n for n in call.of(ev.ProviderNotice) if (n.provider, n.what) == ("tts", "warm")]
+    first_stop = call.of(ev.SpeechStopped)[0]
+    for notice in (stt_open, llm_warm, tts_warm):
+        assert notice.seq < first_stop.seq and notice.detail.startswith("ready in ")
+    assert call.groq.model_lists >= 1  # the warm-up went through the SDK to the fake, with the key
 
 
 # ---------------------------------------------------------------------------------------------- faults

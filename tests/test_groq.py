@@ -385,3 +385,32 @@ def test_a_flow_sets_reasoning_effort_and_a_wrong_one_is_a_placed_one_line_error
     bad = check_text(flow.format(model="openai/gpt-oss-20b", effort="none"))
     assert bad.errors == ["<flow>:3:1 llm: reasoning_effort: 'none' is not one of low, medium, high for "
                           "openai/gpt-oss-20b"]
+
+
+# ---------------------------------------------------------------------------------------------- warm-up (issue 15)
+
+
+async def test_warm_opens_the_connection_the_first_request_then_uses() -> None:
+    """The runtime warms at call start; the caller's first turn must find that connection, not open one."""
+    async with GroqFake(api_key=KEY, script=[Reply("Yes."), Reply("No.")]) as fake:
+        llm = GroqLlm(KEY, base_url=fake.url)
+        try:
+            assert await llm.warm() == ""
+            events: list[Input] = []
+            await llm.stream(start_llm(), events.append)
+            await llm.stream(start_llm(), events.append)  # the next turn: the same connection again
+        finally:
+            await llm.aclose()
+    assert fake.model_lists == 1 and text_of(events) == "Yes.No."
+    warm_peer, *request_peers = fake.peers
+    assert request_peers == [warm_peer, warm_peer]  # one TCP connection for all three
+
+
+async def test_warm_with_a_bad_key_says_so_without_the_key() -> None:
+    async with GroqFake(api_key="another-key") as fake:
+        llm = GroqLlm(KEY, base_url=fake.url)
+        try:
+            detail = await llm.warm()
+        finally:
+            await llm.aclose()
+    assert detail == "HTTP 401" and fake.model_lists == 1

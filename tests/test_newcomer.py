@@ -145,14 +145,16 @@ LOCAL_FLOW = str(ROOT / "tests/data/local_call.yaml")
 
 
 def _no_token() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID")}
+    twilio = ("TWILIO_AUTH_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_WEBHOOK_SHARED_KEY")
+    return {k: v for k, v in os.environ.items() if k not in twilio}
 
 
-def _serve(tmp_path: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[str], Path, int | None]:
+def _serve(tmp_path: Path, env: dict[str, str], *extra: str, flow: str = LOCAL_FLOW,
+           ) -> tuple[subprocess.Popen[str], Path, int | None]:
     """Start `engine serve`; returns the process, its log file and its port (None if it exited)."""
     log = tmp_path / f"serve.{time.monotonic_ns()}.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([ENGINE, "serve", "--flow", LOCAL_FLOW, "--port", "0", "--db",
+        proc = subprocess.Popen([ENGINE, "serve", "--flow", flow, "--port", "0", "--db",
                                  str(tmp_path / "calls.db"), *extra], cwd=tmp_path, stderr=err, text=True,
                                 env={**env, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 30
@@ -228,7 +230,23 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     from adapters.audio import load_fixture
     from callstate.simcaller import CallerLine, SimCaller
 
-    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json")
+    dead = _free_port()  # the tool's server is down: the log must say which URL failed, and why
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(f"""name: logged
+greeting: Hello.
+llm: {{provider: local}}
+stt: {{provider: local}}
+tts: {{provider: local}}
+tools:
+  lookup:
+    description: Look it up.
+    webhook: {{url: "http://127.0.0.1:{dead}/lookup?key=s3cret", timeout_ms: 1000}}
+local:
+  caller: ["Hi, is my shipment delayed?"]
+  replies: [{{tool: lookup}}, {{text: Sorry about that.}}]
+""")
+    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature", "--log-format", "json",
+                             flow=str(flow))
     try:
         assert port is not None, log.read_text()
         caller = SimCaller(f"ws://127.0.0.1:{port}/media", lines=[CallerLine(audio=load_fixture("shipment_1"))],
@@ -243,6 +261,10 @@ async def test_serve_logs_a_call_in_a_few_json_lines(tmp_path: Path) -> None:
     assert not [r for r in records if r["logger"].startswith("transitions")]
     started = [r for r in records if "started" in r["msg"] and r["logger"] == "callstate.server"]
     assert len(started) == 1 and started[0]["call_id"].startswith("CA")
+    failed = [r for r in records if r.get("tool") == "lookup"]
+    assert len(failed) == 1 and failed[0]["level"] == "warning"
+    assert f"tool lookup failed: connection: POST http://127.0.0.1:{dead}/lookup: could not reach" in failed[0]["msg"]
+    assert "s3cret" not in log.read_text()
     assert len(records) < 15, [r["msg"] for r in records]
 
 
@@ -318,3 +340,87 @@ def test_a_failed_tool_names_its_url_and_error_everywhere(tmp_path: Path) -> Non
     assert f"error {why}" in " ".join(timeline.split())
     for out in (done.stdout, done.stderr, timeline):
         assert "s3cret" not in out and "user:pw" not in out
+
+
+# item 4: call scripts get the flow validator's treatment
+
+
+def test_call_scripts_are_validated_like_flows(tmp_path: Path) -> None:
+    script = tmp_path / "booking.call.yaml"
+    script.write_text(f"""flow: {ROOT / "flows/appointment.yaml"}
+caller:
+  - say: I'd like a cleaning next Tuesday.
+tools:
+  check_availabilty: {{body: {{available: true}}}}
+  book_appointment: {{body: {{booked: true}}}}
+""")
+    expected = f"{script}:5:3 tools.check_availabilty: no tool named 'check_availabilty' " \
+               "(did you mean 'check_availability'?) in flow 'appointment'"
+    done = engine("validate", str(script))
+    assert done.returncode == 1 and expected in done.stdout.splitlines()
+    call = engine("call", str(script), "--db", str(tmp_path / "c.db"))
+    assert call.returncode == 1 and expected in call.stderr and "Traceback" not in call.stderr
+    assert not (tmp_path / "c.db").exists() or "booking" not in engine("calls", "--db", str(tmp_path / "c.db")).stdout
+    keys = tmp_path / "keys.yaml"  # no .call in the name: recognised by its `caller:`
+    keys.write_text("caller:\n  - say: hi\n    gap: 300\nlantency: {stt_final_ms: 100}\n")
+    done = engine("validate", str(keys))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [f"{keys}:3:5 caller[0].gap: unknown key 'gap' (did you mean 'gap_ms'?)",
+                                        f"{keys}:4:1 lantency: unknown key 'lantency' (did you mean 'latency'?)"]
+    good = engine("validate", "scripts/appointment.call.yaml", "flows/appointment.yaml")
+    assert good.returncode == 0
+    assert good.stdout.splitlines() == ["ok  scripts/appointment.call.yaml (call script, flow flows/appointment.yaml)",
+                                        "ok  flows/appointment.yaml"]
+
+
+# item 7: a tool turn's waterfall shows the tool call, the delay message and the LLM's second pass, and adds up
+
+
+def test_a_tool_turns_waterfall_adds_up_to_voice_to_voice(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    assert engine("call", "scripts/appointment.call.yaml", "--db", db, "--call-id", "ap").returncode == 0
+    timeline = engine("replay", "ap", "--db", db, "--timeline").stdout
+    head = next(line for line in timeline.splitlines() if line.startswith("── turn 1 "))
+    m = re.search(r"voice to voice (\d+) ms = (.*?); the answer at (\d+) ms = \+ (.*?) ·", head)
+    assert m is not None, head
+    path = dict(re.findall(r"([a-z ,]+?) (\d+)(?: \+ |$)", m[2]))
+    answer = dict(re.findall(r"([a-z ,]+?) (\d+)(?: \+ |$)", m[4]))
+    assert sum(map(int, path.values())) == int(m[1])
+    assert sum(map(int, answer.values())) == int(m[3]) - int(m[1])
+    assert {"llm tool call", "tool, until the delay message", "tts first byte"} <= set(path), path
+    assert {"tool", "llm first token", "first clause", "tts first byte"} <= set(answer), answer
+    page = tmp_path / "ap.html"
+    assert engine("replay", "ap", "--db", db, "--html", str(page)).returncode == 0
+    text = page.read_text()
+    section = text[text.index('id="turn-1"'):text.index('id="turn-2"')]
+    bars = re.findall(r'data-part="(\w+)" data-ms="(\d+)"', section)
+    keys = [k for k, _ in bars]
+    v2v = keys.index("voice_to_voice_ms")
+    assert sum(int(ms) for _, ms in bars[:v2v]) == int(bars[v2v][1]) == int(m[1])
+    assert {"llm_tool_call_ms", "tool_wait_ms", "tool_run_ms", "llm_first_token_ms", "answer_ms"} <= set(keys)
+
+
+# item 13: every property of `engine schema` has a description, so editors show it
+
+
+def test_every_schema_property_has_a_description() -> None:
+    done = engine("schema")
+    schema = json.loads(done.stdout)
+    found: list[str] = []
+    missing: list[str] = []
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for name, spec in (node.get("properties") or {}).items():
+                found.append(f"{path}.{name}")
+                if not isinstance(spec, dict) or not spec.get("description"):
+                    missing.append(f"{path}.{name}")
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path)
+
+    walk(schema, "")
+    assert len(found) > 100 and missing == []
+    assert schema["$defs"]["Webhook"]["properties"]["timeout_ms"]["description"].startswith("No answer in this long")

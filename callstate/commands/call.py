@@ -8,7 +8,6 @@ import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB, where
@@ -19,7 +18,7 @@ from engine.store import StoreError, open_store
 from replay.timeline import tool_failure
 from replay.words import plural
 from sim.offline import OfflineCall, OfflineResult
-from sim.script import ScriptError, load_script
+from sim.script import ScriptError, load_script, script_flow
 
 HELP = "run a scripted call offline, log it to the DB, print transcript and latencies"
 
@@ -35,9 +34,8 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
     from adapters.tools import ToolRunner
 
     script = load_script(script_path)
-    if flow_path is None and script.flow:
-        flow_path = str(Path(script_path).parent / script.flow)
-    flow = resolve_flow(flow_path)
+    flow = resolve_flow(flow_path or script_flow(script_path, script))
+    script = load_script(script_path, flow)  # again, against the flow: the tools it names must exist
     store = open_store(db)
     runner = ToolRunner(flow.tools)
     try:

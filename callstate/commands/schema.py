@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from callstate.fielddocs import classes, field_docs
+
 HELP = "print the JSON Schema of flow files (for editor completion and checks)"
 
 SCHEMA_ID = "urn:callstate:flow:v1"
@@ -14,6 +16,13 @@ SCHEMA_ID = "urn:callstate:flow:v1"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+
+def describe(properties: dict[str, Any], docs: dict[str, str]) -> None:
+    """Each property's description from its field's ``#:`` comment (callstate/fielddocs.py)."""
+    for name, spec in properties.items():
+        if name in docs and "description" not in spec:
+            spec["description"] = docs[name]
 
 
 def provider_schema(kind: str) -> dict[str, Any]:
@@ -24,8 +33,11 @@ def provider_schema(kind: str) -> dict[str, Any]:
     for (k, name), row in PROVIDERS.items():
         if k == kind:
             variant = row.options.model_json_schema()
+            describe(variant.get("properties", {}), field_docs(row.options))
             default = name == DEFAULTS[kind]  # type: ignore[index]
             variant["properties"]["provider"] = {"enum": [name, None]} if default else {"const": name}
+            variant["properties"]["provider"]["description"] = (
+                f"The {kind} provider: {name}" + (" (the default)" if default else ""))
             if not default:
                 variant["required"] = ["provider"]
             variants.append(variant)
@@ -34,11 +46,18 @@ def provider_schema(kind: str) -> dict[str, Any]:
 
 def flow_schema() -> dict[str, Any]:
     from callstate.providers import KINDS
+    from engine import flow, policy
     from engine.flow import Flow
 
     schema = Flow.model_json_schema()
+    describe(schema["properties"], field_docs(Flow))
+    known = classes(flow, policy)
+    for name, definition in schema.get("$defs", {}).items():
+        if name in known:
+            describe(definition.get("properties", {}), field_docs(known[name]))
     for kind in KINDS:
-        schema["properties"][kind] = provider_schema(kind)
+        described = {k: v for k, v in schema["properties"][kind].items() if k == "description"}
+        schema["properties"][kind] = {**described, **provider_schema(kind)}
     schema.get("$defs", {}).pop("ProviderConfig", None)
     # $schema/$id first: editors read them to pick the draft and to cache the schema
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,

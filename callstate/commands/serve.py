@@ -10,6 +10,7 @@ import signal
 import sys
 from datetime import UTC, datetime
 
+from callstate import eventloop
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
 from callstate.providers import build_providers, missing_keys, refusals
@@ -80,18 +81,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
         print("(or set `provider: local` for stt, llm and tts to run offline)", file=sys.stderr)
         return 1
-    if not os.environ.get("TWILIO_AUTH_TOKEN") and not args.insecure_skip_signature:
+    signing = os.environ.get("TWILIO_AUTH_TOKEN") or os.environ.get("TWILIO_WEBHOOK_SHARED_KEY")
+    if not signing and not args.insecure_skip_signature:
         # Safe by default: without the token anyone who finds the port could place calls and stream audio.
         print("error: TWILIO_AUTH_TOKEN is not set, so Twilio's request signatures cannot be checked. Set it "
-              "(Twilio console: Account > API keys & tokens), or pass --insecure-skip-signature for local "
-              "work (`engine demo` needs neither)", file=sys.stderr)
+              "(Twilio console: Account > API keys & tokens; or TWILIO_WEBHOOK_SHARED_KEY for Webhook Rules), "
+              "or pass --insecure-skip-signature for local work (`engine demo` needs neither)", file=sys.stderr)
         return 1
     if workers > 1 and not args.worker_dir:
         from callstate.supervisor import supervise
 
         return supervise(args, workers)
     try:
-        return asyncio.run(_serve(args, flow))
+        return eventloop.run(_serve(args, flow))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -142,8 +144,9 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     # has lapsed (they died), never at start, never a live server's (issue 14 replaces mark-at-start).
     keeper = LeaseKeeper(lambda: open_store(args.db, owner=owner), args.lease_s)
     keeper.start()
-    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media)", owner,
-             flow.name, args.host, port)
+    eventloop.settle_gc()
+    log.info("instance %s serving flow %r on http://%s:%d (voice webhook: POST /twiml, stream: /media; %s loop)",
+             owner, flow.name, args.host, port, eventloop.loop_name())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

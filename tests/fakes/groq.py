@@ -197,6 +197,8 @@ class GroqFake(FakeServer):
         self.api_key = api_key
         self.by_user = {key: list(items) for key, items in (by_user or {}).items()}
         self.requests: list[GroqRequest] = []
+        self.model_lists = 0  # GET /openai/v1/models: the adapter's connection warm-up
+        self.peers: list[tuple[str, int]] = []  # the client address of every request, in order (connection reuse)
 
     def _next(self, rec: GroqRequest) -> Reply | HttpError:
         for key, items in self.by_user.items():
@@ -209,11 +211,23 @@ class GroqFake(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._completions)
+        app.router.add_get("/openai/v1/models", self._models)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """``GET /openai/v1/models`` (groq SDK resources/models.py, types/model_list_response.py)."""
+        self.model_lists += 1
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else ("", 0))
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "Invalid API Key", "type": "invalid_request_error",
+                                                "code": "invalid_api_key"}}, status=401)
+        return web.json_response({"object": "list", "data": [
+            {"id": MODEL, "object": "model", "created": 1754438400, "owned_by": "OpenAI"}]})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": {"message": "Invalid API Key", "type": "invalid_request_error",
                                                 "code": "invalid_api_key"}}, status=401)
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else ("", 0))
         rec = GroqRequest(body=await request.json(), headers=dict(request.headers))
         self.requests.append(rec)
         if (refused := request_error(rec.body)) is not None:

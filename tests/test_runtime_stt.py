@@ -1,0 +1,95 @@
+"""engine/runtime.py's STT pump (issue 15): audio joined into fewer messages, never held across a finalize."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from callstate.providers import build_providers
+from engine import events as ev
+from engine.flowload import load_flow
+from engine.runtime import FRAME_BYTES, SILENT_BATCH_FRAMES, LiveCall
+from engine.store import MemoryStore
+from tests.fakes.base import wait_for
+
+START_AT, STOP_AT, FRAMES = 5, 17, 30  # the VAD double's decisions, by frame index
+
+
+class ScriptedVad:
+    """Says "start" at frame START_AT and "stop" at frame STOP_AT (the frame that *hears* the stop)."""
+
+    def __init__(self) -> None:
+        self.start_ms: int | None = None
+        self.stop_ms: int | None = None
+
+    def feed(self, frame: bytes, t_ms: int) -> str | None:
+        if t_ms == START_AT * 20:
+            self.start_ms = t_ms
+            return "start"
+        if t_ms == STOP_AT * 20:
+            self.stop_ms = t_ms - 100
+            return "stop"
+        return None
+
+
+class RecordingStt:
+    batch_frames = 2
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, bytes]] = []
+
+    def session(self, *, params: dict[str, str]) -> RecordingStt:
+        return self
+
+    async def start(self, emit: Any) -> None:
+        pass
+
+    async def send_audio(self, mulaw: bytes) -> None:
+        self.ops.append(("audio", mulaw))
+
+    async def speech_stopped(self) -> None:
+        self.ops.append(("finalize", b""))
+
+    async def close(self) -> None:
+        pass
+
+
+class QuietPhone:
+    async def send_audio(self, mulaw: bytes) -> None: ...
+    async def send_mark(self, name: str) -> None: ...
+    async def clear(self) -> None: ...
+    async def hangup(self) -> None: ...
+    async def transfer(self, to: str) -> None: ...
+
+
+async def test_stt_audio_goes_in_pairs_and_every_frame_before_the_stop_precedes_the_finalize() -> None:
+    flow = load_flow(Path(__file__).parent / "data/local_call.yaml")
+    stt = RecordingStt()
+    providers = dataclasses.replace(build_providers(flow, {}), stt=stt, vad=ScriptedVad, finalize_on_vad_stop=True)
+    store = MemoryStore()
+    store.open_call("c1", started_at="2026-01-01T00:00:00.000+00:00", flow=flow.name, meta={})
+    call = LiveCall(call_id="c1", flow=flow, providers=providers, phone=QuietPhone(), store=store,  # type: ignore[arg-type]
+                    seed=1, params={})
+    frames = [bytes([i]) * FRAME_BYTES for i in range(FRAMES)]
+    for frame in frames:
+        call.audio_in(frame)
+        await asyncio.sleep(0)  # the pump runs between frames, as when they come 20 ms apart
+    silent_after = (FRAMES - STOP_AT) // SILENT_BATCH_FRAMES * SILENT_BATCH_FRAMES  # whole batches only
+    await wait_for(lambda: sum(len(b) for _, b in stt.ops) >= (STOP_AT + silent_after) * FRAME_BYTES)
+    call.emit(ev.CallEnded(t_ms=0, reason="stop"))
+    await call.wait()
+
+    kinds = [k for k, _ in stt.ops]
+    assert kinds.count("finalize") == 1
+    cut = kinds.index("finalize")
+    before = b"".join(b for _, b in stt.ops[:cut])
+    assert before == b"".join(frames[:STOP_AT])  # nothing held back: the final covers all the speech
+    after = b"".join(b for _, b in stt.ops[cut + 1:])
+    assert (before + after) == b"".join(frames)[:len(before + after)]  # in order, nothing lost or repeated
+    sizes = [len(b) // FRAME_BYTES for k, b in stt.ops if k == "audio"]
+    # silence before the speech in 100 ms messages, the onset at once, speech in pairs, the rest before the
+    # finalize, then silence in 100 ms messages again
+    assert sizes[:2] == [SILENT_BATCH_FRAMES, 1] and set(sizes[2:cut - 1]) == {2}
+    assert sizes[cut:] == [SILENT_BATCH_FRAMES] * (silent_after // SILENT_BATCH_FRAMES)
