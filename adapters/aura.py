@@ -86,6 +86,12 @@ class DeepgramTts:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **settings: Any) -> DeepgramTts:
+        """DEEPGRAM_TTS_MAX_STREAMS: the project's Aura stream limit, where its plan has another one."""
+        cap = env.get("DEEPGRAM_TTS_MAX_STREAMS") or ""
+        if cap:
+            if not cap.isdigit() or int(cap) < 1:
+                raise ValueError("DEEPGRAM_TTS_MAX_STREAMS must be a whole number of streams, 1 or more")
+            settings.setdefault("max_streams", int(cap))
         return cls(_need(env, "DEEPGRAM_API_KEY"), base_url=env.get("DEEPGRAM_BASE_URL") or None, **settings)
 
     def _now(self) -> float:

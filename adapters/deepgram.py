@@ -6,7 +6,10 @@ Rules:
   more; turn-taking is the machine's. Events carry ``t_ms=0`` (the runtime stamps arrival); word timings
   become call time: ``t0_ms`` + where this connection's audio began in the stream + Deepgram's seconds.
 - A dropped STT socket is a ProviderNotice, not an error: we reconnect (backoff 0, 200, 500 ms) and resend
-  the audio after the last final result (what Deepgram may not have transcribed), gap included.
+  the audio after the last final result (what Deepgram may not have transcribed), gap included, but at most
+  ``RESEND_TAIL_MS`` of it (what is skipped is in the notice) and at most ``CATCHUP_RATE`` x real time:
+  Deepgram takes audio no faster (developers.deepgram.com/docs/recovering-from-connection-errors-and-
+  timeouts-when-live-streaming-audio). Audio and Finalize that come meanwhile queue behind, in order.
 - No key in any event or exception text: SDK errors are replaced by our own short messages.
 """
 
@@ -41,7 +44,7 @@ def _no_deflate() -> None:
     module's connect gets ``compression=None`` and the handshake offers no extension. The SDK has no option."""
     for name in _SOCKET_MODULES:
         module = importlib.import_module(name)
-        connect = getattr(module, "websockets_client_connect", None)
+        connect: Any = getattr(module, "websockets_client_connect", None)
         # websockets' own connect only: not twice, and not a transport the SDK's install_transport put there
         if getattr(connect, "__module__", "").startswith("websockets"):
             module.websockets_client_connect = functools.partial(connect, compression=None)  # type: ignore[attr-defined]
@@ -58,8 +61,11 @@ RECONNECT_BACKOFF_S = (0.0, 0.2, 0.5)  # three tries inside ~1 s: the caller is 
 CONNECT_TIMEOUT_S = 5.0  # first connection
 RECONNECT_TIMEOUT_S = 1.0  # each reconnect attempt
 CLOSE_WAIT_S = 1.5  # after CloseStream: Deepgram sends the last finals and Metadata, then closes
-HISTORY_CAP_BYTES = 30_000 * BYTES_PER_MS  # resend at most 30 s (Deepgram finalizes silence well before)
+HISTORY_CAP_BYTES = 30_000 * BYTES_PER_MS  # audio kept since the last final (Deepgram finalizes well before)
 RESEND_CHUNK_BYTES = 1600  # 200 ms a frame when catching up
+#: Resent after a drop: at most this much (at 1.25x the backlog drains at 0.25x, so 2 s of it lags 8 s).
+RESEND_TAIL_MS = 2000
+CATCHUP_RATE = 1.25  # x real time: the most Deepgram takes (the recovery doc above)
 
 
 class DeepgramError(Exception):
@@ -160,6 +166,9 @@ class DeepgramSttSession:
         self._last_sent = 0.0  # loop time of the last audio or KeepAlive
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._sent = 0  # catching up: stream position sent so far (None of the rest goes out directly)
+        self._catching_up: asyncio.Task[None] | None = None
+        self._finalize_at: list[int] = []  # catching up: stream positions where a Finalize is due
 
     # ---------------------------------------------------------------------------------- SttSession
 
@@ -178,13 +187,15 @@ class DeepgramSttSession:
             self._trim(self._pos - HISTORY_CAP_BYTES)
         self._last_sent = asyncio.get_running_loop().time()
         conn = self._conn
-        if conn is not None:
+        if conn is not None and self._catching_up is None:
             # A send into a dead socket is no loss: the reader sees the drop and the audio is resent.
             with contextlib.suppress(Exception):
                 await conn.send_media(mulaw)
 
     async def speech_stopped(self) -> None:
-        if self._conn is not None and not self._closing:
+        if self._catching_up is not None:
+            self._finalize_at.append(self._pos)  # after the audio before it, as it would have gone
+        elif self._conn is not None and not self._closing:
             with contextlib.suppress(Exception):
                 await self._conn.send_finalize()
 
@@ -195,6 +206,11 @@ class DeepgramSttSession:
         runner, keepalive = self._tasks or (None, None)
         if keepalive is not None:
             keepalive.cancel()
+        if self._catching_up is not None:  # the backlog first (CloseStream finishes what was sent)
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._catching_up), CLOSE_WAIT_S)
+            if self._catching_up is not None:
+                self._catching_up.cancel()
         if self._conn is not None and runner is not None:
             with contextlib.suppress(Exception):
                 await self._conn.send_close_stream()
@@ -235,6 +251,9 @@ class DeepgramSttSession:
             if self._closing:
                 return
             self._conn = None
+            if self._catching_up is not None:
+                self._catching_up.cancel()
+                self._catching_up = None
             self._send(ProviderNotice(t_ms=0, provider="deepgram", what="stt_dropped", detail=why))
             await _shut(self._stack)
             self._stack = None
@@ -271,29 +290,49 @@ class DeepgramSttSession:
                 conn, stack = await self._connect(RECONNECT_TIMEOUT_S)
             except DeepgramError:
                 continue
-            start = p = self._history_at
-            try:
-                # The loop re-reads _pos: audio the runtime sends meanwhile lands in the history too.
-                while p < self._pos:
-                    i = p - self._history_at
-                    chunk = bytes(self._history[i:i + RESEND_CHUNK_BYTES])
-                    await conn.send_media(chunk)
-                    p += len(chunk)
-            except BaseException as e:  # a cancel (close) must not leak the new socket either
-                await _shut(stack)
-                if isinstance(e, Exception):
-                    continue
-                raise
-            # No await between the last check of _pos and here: from now on send_audio sends directly.
-            self._conn, self._stack, self._offset = conn, stack, start
-            self._send(ProviderNotice(t_ms=0, provider="deepgram", what="stt_reconnected",
-                                      detail=f"resent {(p - start) // BYTES_PER_MS} ms"))
+            skipped = max(0, self._pos - RESEND_TAIL_MS * BYTES_PER_MS - self._history_at)
+            self._trim(self._history_at + skipped)
+            start = self._history_at
+            # From here audio and Finalize queue in the history until _catch_up has sent what is due.
+            self._conn, self._stack, self._offset, self._sent = conn, stack, start, start
+            self._catching_up = asyncio.create_task(self._catch_up(conn))
+            detail = f"resending {(self._pos - start) // BYTES_PER_MS} ms at {CATCHUP_RATE:g}x"
+            if skipped:
+                detail += f", {skipped // BYTES_PER_MS} ms older skipped"
+            self._send(ProviderNotice(t_ms=0, provider="deepgram", what="stt_reconnected", detail=detail))
             if self._closing:  # close() came in meanwhile and found no socket to close
+                self._catching_up.cancel()
                 await _shut(stack)
                 self._conn = self._stack = None
                 return False
             return True
         return False
+
+    async def _catch_up(self, conn: ListenSocket) -> None:
+        """Send the history from ``_sent`` at most CATCHUP_RATE x real time, Finalizes in place; then hand
+        the socket back to send_audio (no await between the last check and that)."""
+        loop = asyncio.get_running_loop()
+        t0, base = loop.time(), self._sent
+        try:
+            while True:
+                while self._finalize_at and self._finalize_at[0] <= self._sent:
+                    self._finalize_at.pop(0)
+                    await conn.send_finalize()
+                if self._sent >= self._pos:
+                    self._catching_up = None
+                    return
+                n = min(RESEND_CHUNK_BYTES, self._pos - self._sent)
+                due = t0 + (self._sent + n - base) / (BYTES_PER_MS * 1000 * CATCHUP_RATE)
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                    continue  # the history may have grown meanwhile: a fuller chunk
+                self._sent = max(self._sent, self._history_at)  # past the history cap: what is left
+                i = self._sent - self._history_at
+                await conn.send_media(bytes(self._history[i:i + n]))
+                self._sent += n
+                self._last_sent = loop.time()
+        except Exception:  # the socket died: the reader sees it and reconnects
+            self._catching_up = None
 
     async def _keepalive(self) -> None:
         loop = asyncio.get_running_loop()

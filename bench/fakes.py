@@ -24,6 +24,13 @@ listen and speak, the groq SDK) unchanged; only DEEPGRAM_BASE_URL / GROQ_BASE_UR
 
 The tags in the texts let the harness join a caller's line to its STT utterance, LLM request and TTS
 request. The fakes reuse tests/fakes/base.py (server, tone) and never edit tests/.
+
+Sources: the wire shapes are those of tests/fakes (each cites its SDK file or doc): listen messages per
+deepgram-sdk ``listen/v1/types``, speak per ``speak/v1/socket_client.py``, SSE chunks per the groq SDK's
+``types/chat/chat_completion_chunk.py``. The delays are the bench's profile, not the services'. Left out on
+purpose, since the bench measures the engine: the services' limits (audio at 1.25x, Aura's 15 streams and
+20 Flushes a minute: the engine runs with DEEPGRAM_TTS_MAX_STREAMS high) and reasoning tokens (a gpt-oss
+reply at low effort spends some before its first content token: provider time, inside ``llm_ttft_ms`` here).
 """
 
 from __future__ import annotations
@@ -241,35 +248,49 @@ class DeepgramFake(FakeServer):
         return ws
 
     async def _speak(self, request: web.Request) -> web.StreamResponse:
+        """One socket, many lines (adapters/aura.py): each Flush is a line of the text since the previous
+        Flush, voiced in order, then ``Flushed``; Clear drops what is queued or playing and answers
+        ``Cleared`` (tests/fakes/deepgram_speak.py and its sources)."""
         if request.headers.get("Authorization") != f"Token {API_KEY}":
             return web.json_response({"err_code": "INVALID_AUTH"}, status=401)
         loop = asyncio.get_running_loop()
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        req = SpeakReq(text="", tag=None, connected=loop.time())
-        self.speaks.append(req)
+        connected = loop.time()
         await ws.send_json({"type": "Metadata", "request_id": "bench-speak", "model_name": "aura-2",
                             "model_version": "2025-01-01.0", "model_uuid": "0b4a8e9a-0000-4000-8000-000000000000"})
+        text, flushes = "", 0
         speaker: asyncio.Task[None] | None = None
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
                 data = json.loads(msg.data)
-                if data.get("type") == "Speak":
-                    req.text += data.get("text", "")
-                    req.tag = tag_of(req.text)
-                elif data.get("type") == "Flush":
-                    req.flush = loop.time()
-                    speaker = asyncio.create_task(self._say(ws, req))
-                elif data.get("type") == "Close":
+                kind = data.get("type")
+                if kind == "Speak":
+                    text += data.get("text", "")
+                elif kind == "Flush":
+                    req = SpeakReq(text=text, tag=tag_of(text), connected=connected, flush=loop.time())
+                    self.speaks.append(req)
+                    text = ""
+                    speaker = asyncio.create_task(self._say(ws, req, flushes, speaker))
+                    flushes += 1
+                elif kind == "Clear":
+                    text = ""
+                    if speaker is not None:
+                        speaker.cancel()
+                    await ws.send_json({"type": "Cleared", "sequence_id": flushes})
+                elif kind == "Close":
                     break
         finally:
             if speaker is not None and not speaker.done():
                 speaker.cancel()
         return ws
 
-    async def _say(self, ws: web.WebSocketResponse, req: SpeakReq) -> None:
+    async def _say(self, ws: web.WebSocketResponse, req: SpeakReq, seq: int,
+                   before: asyncio.Task[None] | None) -> None:
+        if before is not None:  # lines are voiced in order: this one after the previous (cut or not)
+            await asyncio.wait([before])
         loop = asyncio.get_running_loop()
         assert req.flush is not None
         wait = req.flush + self.ttfb_ms / 1000 - loop.time()
@@ -282,7 +303,7 @@ class DeepgramFake(FakeServer):
                     req.first_audio = loop.time()
                 await ws.send_bytes(audio[i:i + self.chunk_bytes])
                 await asyncio.sleep(0)
-            await ws.send_json({"type": "Flushed", "sequence_id": 0})
+            await ws.send_json({"type": "Flushed", "sequence_id": seq})
 
 
 class GroqFake(FakeServer):

@@ -314,8 +314,9 @@ async def run(profile: Profile, flow: dict[str, Any], *, concurrency: int, calls
     lag: list[float] = []
     with tempfile.TemporaryDirectory(prefix="callstate-bench-") as tmp:
         async with dg, groq:
+            # DEEPGRAM_TTS_MAX_STREAMS: the fakes have no project cap, and the bench measures the engine
             env = {"DEEPGRAM_API_KEY": API_KEY, "DEEPGRAM_BASE_URL": dg.url, "GROQ_API_KEY": API_KEY,
-                   "GROQ_BASE_URL": groq.url}
+                   "GROQ_BASE_URL": groq.url, "DEEPGRAM_TTS_MAX_STREAMS": "1000"}
             async with EngineProcess(flow, env, Path(tmp), tracemalloc=tracemalloc, workers=workers,
                                      db=db) as engine:
                 if warmup:  # imports, SDK clients and connection pools warm; not measured

@@ -14,6 +14,7 @@ from callstate import logsetup
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "serve": "serve",
+    "talk": "talk",
     "call": "call",
     "replay": "replay",
     "calls": "calls",

@@ -69,6 +69,19 @@ class LocalSttOptions(SttOptions):
     """The script player: the flow's ``local.caller`` lines, one per utterance the local VAD hears."""
 
 
+class LocalAsrOptions(SttOptions):
+    """Real offline recognition: PocketSphinx with the en-us model its wheel ships (adapters/asr.py)."""
+
+    #: Checked against the model's dictionary at start: PocketSphinx's n-gram search takes no runtime boost,
+    #: so a keyterm word it cannot spell is named in the log (it can never be heard).
+    keyterms: list[str] = []
+    #: How often an interim transcript may come while the caller speaks (Deepgram's come about every 300 ms).
+    interim_ms: int = Field(300, ge=60)
+    #: End a final with a full stop (PocketSphinx writes none): the endpoint then waits on_punctuation_ms,
+    #: as after Deepgram's punctuated finals, unless the last word trails off ("and", "um").
+    punctuate: bool = True
+
+
 # ------------------------------------------------------------------------------------------------ LLM
 
 
@@ -134,6 +147,15 @@ class LocalTtsOptions(TtsOptions):
     """adapters/speech.py: espeak-ng where installed, else a speech-like signal of realistic length."""
 
 
+class EspeakTtsOptions(TtsOptions):
+    """Real offline speech: espeak-ng from the espeakng-loader wheel (adapters/espeak.py)."""
+
+    #: An espeak-ng voice name, e.g. en-us, en-gb, de (the espeak-ng-data in the espeakng-loader wheel).
+    voice: str = "en-us"
+    #: Conversational English is 150-180 words a minute; 170 is a brisk agent.
+    words_per_minute: int = Field(170, ge=80, le=450)
+
+
 # ---------------------------------------------------------------------------------------- the builders
 
 Builder = Callable[[Any, Flow, Mapping[str, str]], Any]
@@ -151,6 +173,13 @@ def _local_stt(o: LocalSttOptions, flow: Flow, env: Mapping[str, str]) -> Any:
     from adapters.vad import Vad
 
     return LocalStt(flow.local.caller, vad=Vad, final_ms=flow.local.latency.stt_final_ms)
+
+
+def _local_asr(o: LocalAsrOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.asr import LocalAsr
+    from adapters.vad import Vad
+
+    return LocalAsr(vad=Vad, keyterms=o.keyterms, interim_ms=o.interim_ms, punctuate=o.punctuate)
 
 
 def _groq(o: GroqOptions, flow: Flow, env: Mapping[str, str]) -> Any:
@@ -185,6 +214,12 @@ def _local_tts(o: LocalTtsOptions, flow: Flow, env: Mapping[str, str]) -> Any:
     return LocalTts(first_byte_ms=flow.local.latency.tts_first_byte_ms)
 
 
+def _espeak_tts(o: EspeakTtsOptions, flow: Flow, env: Mapping[str, str]) -> Any:
+    from adapters.espeak import EspeakTts
+
+    return EspeakTts(voice=o.voice, words_per_minute=o.words_per_minute)
+
+
 # ------------------------------------------------------------------------------------------- the table
 
 
@@ -204,6 +239,7 @@ PROVIDERS: dict[tuple[Kind, str], Provider] = {
     for p in (
         Provider("stt", "deepgram", DeepgramSttOptions, ("DEEPGRAM_API_KEY",), _deepgram_stt),
         Provider("stt", "local", LocalSttOptions, (), _local_stt),
+        Provider("stt", "local-asr", LocalAsrOptions, (), _local_asr),
         Provider("llm", "groq", GroqOptions, ("GROQ_API_KEY",), _groq),
         Provider("llm", "local", LocalLlmOptions, (), _local_llm),
         Provider("tts", "deepgram", DeepgramTtsOptions, ("DEEPGRAM_API_KEY",), _deepgram_tts),
@@ -211,6 +247,7 @@ PROVIDERS: dict[tuple[Kind, str], Provider] = {
                  needs=(("PLAYHT_BASE_URL", "PlayHT's public API closed at the end of 2025; set it to a "
                                             "PlayHT-compatible server"),)),
         Provider("tts", "local", LocalTtsOptions, (), _local_tts),
+        Provider("tts", "local-tts", EspeakTtsOptions, (), _espeak_tts),
     )
 }
 
@@ -314,3 +351,54 @@ def build_providers(flow: Flow, env: Mapping[str, str]) -> Providers:
     return Providers(stt=built["stt"], llm=built["llm"], tts=built["tts"], tools=ToolRunner(flow.tools),
                      vad=lambda: Vad(vad_params), tts_fallback=fallback,
                      finalize_on_vad_stop=stt_options(flow).finalize_on_vad_stop)
+
+
+# ------------------------------------------------------------------------------- choosing at the command line
+
+#: What `engine talk` runs for a kind whose provider cannot run here (a key is missing) or, for STT, does not
+#: listen (the ``local`` script player): the real offline stack, and the flow's scripted replies.
+KEYLESS: dict[Kind, str] = {"stt": "local-asr", "llm": "local", "tts": "local-tts"}
+#: Options that mean the same to every provider of a kind, so they survive a change of provider. A voice or
+#: a model name is the vendor's own and does not.
+PORTABLE = ("keyterms",)
+
+
+class ChoiceError(ValueError):
+    pass
+
+
+def with_provider(flow: Flow, kind: Kind, name: str) -> Flow:
+    """The flow with ``kind`` run by ``name``: portable options kept, the rest back to the new one's defaults."""
+    if (kind, name) not in PROVIDERS:
+        raise ChoiceError(f"--{kind} {name}: no such provider (one of: {', '.join(names(kind))})")
+    current = getattr(flow, kind)
+    if provider(kind, current).name == name:
+        return flow
+    kept = {k: v for k, v in current.options.items()
+            if k in PORTABLE and k in PROVIDERS[(kind, name)].options.model_fields}
+    return flow.model_copy(update={kind: ProviderConfig(provider=name, **kept)})
+
+
+def choose(flow: Flow, env: Mapping[str, str], overrides: Mapping[str, str | None], *,
+           keyless: bool) -> tuple[Flow, list[str]]:
+    """The flow with the providers this run uses, and one line per kind saying which and why.
+
+    An override (``--stt NAME``) always wins. With ``keyless`` (``engine talk``), a provider whose keys are
+    not all set is replaced by its KEYLESS twin, as is the ``local`` script player for STT (a person talks).
+    """
+    lines = []
+    for kind in KINDS:
+        name = provider(kind, getattr(flow, kind)).name
+        forced = overrides.get(kind)
+        if forced:
+            flow = with_provider(flow, kind, forced)
+            lines.append(f"{kind}: {forced} (--{kind})")
+            continue
+        missing = [k for k in PROVIDERS[(kind, name)].keys if not env.get(k)]
+        if keyless and (missing or (kind == "stt" and name == "local")):
+            why = f"no {', '.join(missing)}" if missing else "the script player ignores a voice"
+            flow = with_provider(flow, kind, KEYLESS[kind])
+            lines.append(f"{kind}: {KEYLESS[kind]} (the flow's {name}: {why})")
+        else:
+            lines.append(f"{kind}: {name} (the flow's)")
+    return flow, lines

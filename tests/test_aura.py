@@ -136,3 +136,11 @@ async def test_the_fake_enforces_the_documented_limits() -> None:
             for s in socks:
                 await s.close()
         await wait_for(lambda: fake.open_now == 0)
+
+
+def test_the_stream_cap_comes_from_the_environment_and_a_bad_one_is_one_line() -> None:
+    base = {"DEEPGRAM_API_KEY": KEY, "DEEPGRAM_BASE_URL": "http://127.0.0.1:9"}
+    assert DeepgramTts.from_env(base).max_streams == 15
+    assert DeepgramTts.from_env({**base, "DEEPGRAM_TTS_MAX_STREAMS": "45"}).max_streams == 45
+    with pytest.raises(ValueError, match=r"^DEEPGRAM_TTS_MAX_STREAMS must be a whole number"):
+        DeepgramTts.from_env({**base, "DEEPGRAM_TTS_MAX_STREAMS": "lots"})

@@ -19,6 +19,7 @@ BENCHES = {
     "budget": "target p50 < 450",
     "barge_in": "input queued -> clear handed to the socket",
     "call_memory": "MB per call",
+    "tts_hop": "hop p50 ratio",
 }
 
 

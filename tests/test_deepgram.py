@@ -9,6 +9,7 @@ import random
 import re
 from typing import Any
 
+import aiohttp
 import pytest
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.listen.v1.socket_client import V1SocketClientResponse
@@ -231,7 +232,7 @@ async def test_dropped_socket_reconnects_and_resends_what_was_not_final() -> Non
     assert bytes(two.audio) == sent[8320:]  # from the end of the last final: every byte reached Deepgram
     (dropped, why), (reconnected, detail) = notices(events)
     assert (dropped, reconnected) == ("stt_dropped", "stt_reconnected") and why == "code 1006"
-    resent = int(re.fullmatch(r"resent (\d+) ms", detail).group(1))  # type: ignore[union-attr]
+    resent = int(re.fullmatch(r"resending (\d+) ms at 1.25x", detail).group(1))  # type: ignore[union-attr]
     assert resent >= 1500 - 1040
     hello, where = finals(events)
     assert (hello.text, hello.start_ms) == ("Hello there.", 500 + 200)
@@ -380,3 +381,44 @@ async def test_no_socket_offers_permessage_deflate() -> None:
         assert headers["upgrade"].lower() == "websocket"
         assert "sec-websocket-extensions" not in headers, headers["sec-websocket-extensions"]
     assert listen.connections and speak_.connections
+
+
+async def test_reconnect_resends_a_bounded_tail_at_most_1_25x_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deepgram takes audio at most ~1.25x real time (its recovery doc); the fake records how far ahead of
+    that a client ever was. Audio older than the tail is skipped, and the notice says how much."""
+    import adapters.deepgram as dg
+
+    monkeypatch.setattr(dg, "RESEND_TAIL_MS", 800)
+    sent = audio(2.0, seed=3)
+    async with DeepgramListenFake(Script(), api_key=KEY, faults=ListenFaults(drop_after_s=1.2)) as fake:
+        session = DeepgramStt(KEY, base_url=fake.url).session()
+        events: list[Input] = []
+        await session.start(events.append)
+        await feed(session, sent, pause_s=0.02)  # a phone line: real time
+        await session.close()
+    one, two = fake.connections
+    (_, _), (reconnected, detail) = notices(events)
+    m = re.fullmatch(r"resending (\d+) ms at 1.25x, (\d+) ms older skipped", detail)
+    assert reconnected == "stt_reconnected" and m is not None, detail
+    skipped = int(m.group(2)) * 8
+    assert int(m.group(1)) == 800 and skipped >= len(one.audio) - 800 * 8
+    assert bytes(two.audio) == sent[skipped:]  # the tail, then the live audio, in order
+    assert two.ahead_s <= 0.01 < one.ahead_s + 1  # never ahead of the rate (the first socket had no backlog)
+
+
+async def test_the_fake_answers_finalize_only_with_audio_to_finalize() -> None:
+    """docs/finalize: the from_finalize response "typically occurs when there is a noticeable amount of
+    audio buffered"; the fake sends nothing for a Finalize with no audio since the last final."""
+    async with DeepgramListenFake(Script(), api_key=KEY) as fake, aiohttp.ClientSession() as http:
+        url = f"{fake.ws_url}/v1/listen?encoding=mulaw&sample_rate=8000&interim_results=true"
+        async with http.ws_connect(url, headers={"Authorization": f"Token {KEY}"}) as ws:
+            await ws.send_json({"type": "Finalize"})
+            with pytest.raises(asyncio.TimeoutError):
+                await ws.receive(timeout=0.3)
+            await ws.send_bytes(b"\xff" * 1600)
+            await ws.send_json({"type": "Finalize"})
+            msg = await ws.receive_json(timeout=2)
+            assert msg["type"] == "Results" and msg["is_final"] and msg["from_finalize"]
+            await ws.send_json({"type": "Finalize"})  # nothing new since that final
+            with pytest.raises(asyncio.TimeoutError):
+                await ws.receive(timeout=0.3)

@@ -50,6 +50,8 @@ from tests.fakes.scenario import (
 )
 
 SILENCE = b"\xff"
+#: The fake-behaviour tests below stream at 10x real time to save time: the fake's 1.25x intake is off.
+FAST = {"max_rate": None}
 TRUNCATED = Reply("Of course, I'll text you.", ttft_s=0.4, truncate_after=3)  # role chunk, "Of", " course,"
 
 SCENARIOS = [
@@ -307,7 +309,8 @@ def test_a_tts_500_skips_one_line_and_the_turn_goes_on(calls: Calls) -> None:
 
 async def transcribe(fake: DeepgramListenFake, audio: bytes, *,
                      finalize_at: frozenset[int] = frozenset()) -> list[ev.Input]:
-    """Send ``audio`` through the real adapter (10x real time); Finalize after the frames in finalize_at."""
+    """Send ``audio`` through the real adapter (10x real time); Finalize after the frames in finalize_at.
+    The fakes these tests check are made with FAST: no 1.25x intake limit, so 10x is taken as sent."""
     session = DeepgramStt(DEEPGRAM_KEY, base_url=fake.url).session(params={})
     events: list[ev.Input] = []
     await session.start(events.append)
@@ -329,7 +332,7 @@ async def test_the_listen_fake_transcribes_the_nth_utterance_as_the_nth_line() -
     one, cough, two = load_fixture("shipment_1"), load_fixture("cough"), load_fixture("shipment_4")
     audio = quiet(0.5) + one + quiet(1.2) + cough + quiet(1.2) + two + quiet(1.5)
     async with DeepgramListenFake(Lines(["Is it late?", "No, that's all. Thanks, bye."], final_latency_s=0),
-                                  api_key=DEEPGRAM_KEY) as fake:
+                                  api_key=DEEPGRAM_KEY, **FAST) as fake:
         events = await transcribe(fake, audio)
     finals = [e for e in events if isinstance(e, ev.Transcript) and e.is_final]
     assert [(f.text, f.speech_final) for f in finals] == [("Is it late?", True), ("No, that's all. Thanks, bye.", True)]
@@ -351,7 +354,7 @@ async def test_a_finalize_flushes_the_line_at_once_or_only_the_words_heard_so_fa
     mid = (2400 + 1200 * 8) // 160  # 1.2 s into the speech
     after = (2400 + len(line) + 800) // 160  # 100 ms into the silence after it
     async with DeepgramListenFake(Lines(["The tracking number is 4 5 1 9 9 2."], final_latency_s=0),
-                                  api_key=DEEPGRAM_KEY) as fake:
+                                  api_key=DEEPGRAM_KEY, **FAST) as fake:
         events = await transcribe(fake, audio, finalize_at=frozenset({mid, after}))
     finals = [(e.text, e.speech_final) for e in events if isinstance(e, ev.Transcript) and e.is_final]
     assert finals == [("The tracking number is", False), ("4 5 1 9 9 2.", True)]
@@ -359,12 +362,15 @@ async def test_a_finalize_flushes_the_line_at_once_or_only_the_words_heard_so_fa
     assert fake.connections[0].controls == ["Finalize", "Finalize", "CloseStream"]
 
 
-async def test_a_socket_dropped_mid_line_goes_on_with_that_line_after_the_reconnect() -> None:
+async def test_a_socket_dropped_mid_line_goes_on_with_that_line_after_the_reconnect(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # This checks the fake's resumption at 10x real time; the adapter's 1.25x catch-up is test_deepgram's.
+    monkeypatch.setattr("adapters.deepgram.CATCHUP_RATE", 100.0)
     noise = random.Random(5).randbytes(80)  # loud frames: speech to the fake
     speech = bytes(b for _ in range(200) for b in noise)[: 2 * 8000]  # 2 s of "speech"
     audio = quiet(0.3) + speech + quiet(1.5) + speech + quiet(1.5)
     async with DeepgramListenFake(Lines(["First line here.", "Second line here."], final_latency_s=0),
-                                  api_key=DEEPGRAM_KEY, faults=ListenFaults(drop_after_s=1.0)) as fake:
+                                  api_key=DEEPGRAM_KEY, faults=ListenFaults(drop_after_s=1.0), **FAST) as fake:
         events = await transcribe(fake, audio)
         await wait_for(lambda: len(fake.connections) == 2)
     assert [n.what for n in events if isinstance(n, ev.ProviderNotice)] == ["stt_dropped", "stt_reconnected"]

@@ -22,7 +22,7 @@ EXPECTED: dict[str, list[str]] = {
     "negative_timeout.yaml": [":7:7 tools.lookup.webhook.timeout_ms: must be > 0"],
     "bad_provider.yaml": [
         ":3:3 llm.provider: must be one of: groq, local",
-        ":5:3 tts.provider: must be one of: deepgram, playht, local",
+        ":5:3 tts.provider: must be one of: deepgram, playht, local, local-tts",
     ],
     "missing_name.yaml": [":2:1 name: required"],  # blamed on the mapping that lacks it (line 1 is a comment)
     "tool_both.yaml": [":3:3 tools.lookup: a tool takes one of `webhook` or `function`, not both"],
@@ -233,7 +233,8 @@ def test_alias_bomb_is_refused_without_expanding_it() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     errors = check_text("\n".join(lines) + "\n", "bomb.yaml").errors
-    assert errors == ["bomb.yaml: too large once aliases are expanded"]
+    assert errors == ["bomb.yaml: too large: over 100000 YAML nodes once aliases are expanded "
+                      "(a flow is a few hundred)"]
 
 
 def test_unreadable_files_give_one_line(tmp_path: Path) -> None:

@@ -424,3 +424,14 @@ def test_every_schema_property_has_a_description() -> None:
     walk(schema, "")
     assert len(found) > 100 and missing == []
     assert schema["$defs"]["Webhook"]["properties"]["timeout_ms"]["description"].startswith("No answer in this long")
+
+
+def test_demo_on_a_log_a_server_holds_is_one_clear_line(tmp_path: Path) -> None:
+    proc, log, port = _serve(tmp_path, _no_token(), "--insecure-skip-signature")
+    try:
+        assert port is not None, log.read_text()
+        done = engine("demo", "--db", str(tmp_path / "calls.db"), timeout=90)
+    finally:
+        _stop(proc)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: {tmp_path / 'calls.db'} is in use by pid {proc.pid}: engine serve")

@@ -253,7 +253,7 @@ async def test_twiml_connects_a_stream_to_public_url_with_parameters() -> None:
     ({"Host": "agent.local:8080"}, "ws://agent.local:8080/media"),
 ])
 async def test_twiml_host_from_proxy_headers(headers: dict[str, str], expected: str) -> None:
-    async with serve(create_app(on_call=Calls(), auth_token=None)) as host:
+    async with serve(create_app(on_call=Calls(), auth_token=None, trusted_proxies=frozenset({"127.0.0.1"}))) as host:
         _, _, xml = await post_twiml(host, form=FORM, headers=headers)
     assert stream_of(xml)[0] == expected
 
@@ -288,10 +288,25 @@ async def test_twiml_signature(headers: dict[str, str], status: int, caplog: pyt
 
 async def test_twiml_signature_rebuilt_from_proxy_headers() -> None:
     proxy = {"X-Forwarded-Host": "abc.ngrok.app", "X-Forwarded-Proto": "https"}
-    async with serve(create_app(on_call=Calls(), auth_token=TOKEN)) as host:
+    async with serve(create_app(on_call=Calls(), auth_token=TOKEN, trusted_proxies=frozenset({"127.0.0.1"}))) as host:
         ok = await post_twiml(host, form=FORM, headers={**proxy, **sign("https://abc.ngrok.app/twiml", FORM)})
         bad = await post_twiml(host, form=FORM, headers={**proxy, **sign(f"http://{host}/twiml", FORM)})
     assert (ok[0], bad[0]) == (200, 403)
+
+
+async def upgrade(headers: dict[str, str], ok: bool, **app_kw: Any) -> None:
+    """Open /media as Twilio would: accepted (the call starts) or refused with 403 before the upgrade."""
+    calls = Calls()
+    async with serve(create_app(on_call=calls, **app_kw)) as host, aiohttp.ClientSession() as s:
+        if ok:
+            async with s.ws_connect(f"ws://{host}/media", headers=headers) as ws:
+                await ws.send_str(CONNECTED)
+                await ws.send_str(START)
+                await wait_for(lambda: calls.calls)
+        else:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:  # refused before the upgrade
+                await s.ws_connect(f"ws://{host}/media", headers=headers)
+            assert e.value.status == 403
 
 
 @pytest.mark.parametrize(("headers", "ok"), [
@@ -302,24 +317,14 @@ async def test_twiml_signature_rebuilt_from_proxy_headers() -> None:
 ])
 async def test_media_upgrade_signature(headers: dict[str, str], ok: bool, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    calls = Calls()
-    async with serve(create_app(on_call=calls, auth_token=TOKEN, public_url=PUBLIC)) as host, \
-            aiohttp.ClientSession() as s:
-        if ok:
-            async with s.ws_connect(f"ws://{host}/media", headers=headers) as ws:
-                await ws.send_str(CONNECTED)
-                await ws.send_str(START)
-                await wait_for(lambda: calls.calls)
-        else:
-            with pytest.raises(aiohttp.WSServerHandshakeError) as e:  # refused before the upgrade
-                await s.ws_connect(f"ws://{host}/media", headers=headers)
-            assert e.value.status == 403
+    await upgrade(headers, ok, auth_token=TOKEN, public_url=PUBLIC)
     assert TOKEN not in caplog.text
 
 
 async def test_media_signature_behind_proxy_uses_forwarded_host() -> None:
     proxy = {"X-Forwarded-Host": "abc.ngrok.app", "X-Forwarded-Proto": "https"}
-    async with twilio_side(Calls(), headers={**proxy, **sign("wss://abc.ngrok.app/media")}, auth_token=TOKEN) as (_, c):
+    async with twilio_side(Calls(), headers={**proxy, **sign("wss://abc.ngrok.app/media")}, auth_token=TOKEN,
+                           trusted_proxies=frozenset({"127.0.0.1"})) as (_, c):
         assert c.calls[0].info.call_sid == CALL
 
 
@@ -381,18 +386,7 @@ async def test_a_webhook_rules_request_without_a_shared_key_is_refused_saying_wh
 @pytest.mark.parametrize("rules", [False, True])
 async def test_media_upgrade_signature_ports(public: str, signed_url: str, ok: bool, rules: bool) -> None:
     headers = sign256(signed_url) if rules else sign(signed_url)
-    calls = Calls()
-    async with serve(create_app(on_call=calls, auth_token=TOKEN, shared_key=SHARED, public_url=public)) as host, \
-            aiohttp.ClientSession() as s:
-        if ok:
-            async with s.ws_connect(f"ws://{host}/media", headers=headers) as ws:
-                await ws.send_str(CONNECTED)
-                await ws.send_str(START)
-                await wait_for(lambda: calls.calls)
-        else:
-            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
-                await s.ws_connect(f"ws://{host}/media", headers=headers)
-            assert e.value.status == 403
+    await upgrade(headers, ok, auth_token=TOKEN, shared_key=SHARED, public_url=public)
 
 
 def test_url_variants_name_the_default_port_of_each_scheme() -> None:
@@ -667,3 +661,29 @@ async def test_phone_hangup_falls_back_to_closing_when_rest_fails() -> None:
         await calls.calls[0].phone.hangup()
         msg = await asyncio.wait_for(ws.receive(), 2)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+@pytest.mark.parametrize("media", [
+    {"payload": base64.b64encode(b"\x7f" * 160).decode(), "chunk": "3", "timestamp": "40"},
+    {"payload": base64.b64encode(b"\x00" * 7).decode(), "chunk": "12", "timestamp": "0"},
+    {"payload": "", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAAA AAAA", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAA", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAAA=", "chunk": "1", "timestamp": "0"},
+    {"payload": "ÄÄÄÄ", "chunk": "1", "timestamp": "0"},
+    {"payload": "AAAA", "chunk": "²", "timestamp": "0"},
+    {"payload": "AAAA", "chunk": " 1", "timestamp": "0"},
+    {"payload": "AAAA", "chunk": 1, "timestamp": "0"},
+    {"payload": "AAAA", "chunk": "1"},
+    {"payload": None, "chunk": "1", "timestamp": "0"},
+])
+def test_the_media_fast_path_decides_as_the_full_decoder(media: dict[str, object]) -> None:
+    """Issue 15: media frames take a short path (50 a second a call); it must agree with the full one."""
+    from adapters.twilio import _decode, _Reject
+
+    msg = {"event": "media", "sequenceNumber": "4", "streamSid": "MZ1", "media": media}
+    try:
+        full = _decode(msg)
+    except _Reject as r:
+        full = Decoded("bad", reason=r.reason, detail=r.detail)
+    assert decode(json.dumps(msg)) == full

@@ -28,13 +28,14 @@ def _say(line: str) -> None:
 async def _demo(db: str) -> int:
     from adapters.audio import load_fixture
     from callstate.demo import LINES, caller_params, demo_flow, start_webhook
+    from callstate.lease import LeaseKeeper
     from callstate.providers import build_providers
     from callstate.report import step_lines, turn_table, turns
     from callstate.server import Server, start
     from callstate.simcaller import CallerLine, SimCaller
     from engine import events as ev
     from engine.runtime import LiveCall
-    from engine.store import open_store
+    from engine.store import DEFAULT_LEASE_S, StoreError, is_postgres, new_owner_id, open_store
     from replay.reproduce import reproduce
 
     class DemoServer(Server):
@@ -55,9 +56,21 @@ async def _demo(db: str) -> int:
                 for line in step_lines(event, effects, before, call.machine.view.state):
                     _say(line)
 
+    # The demo is a server like `engine serve`: it claims a SQLite log (one live writer per log) and keeps a
+    # lease on its call, so no other instance sharing the log takes the call for a dead one's mid-way.
+    owner = new_owner_id()
+    store = open_store(db, owner=owner)
+    if not is_postgres(db):
+        try:
+            store.claim("engine demo")
+        except StoreError:
+            store.close()
+            raise
+    store.renew_lease()
+    keeper = LeaseKeeper(lambda: open_store(db, owner=owner), DEFAULT_LEASE_S)
+    keeper.start()
     hook = await start_webhook()
     flow = demo_flow(hook.url)
-    store = open_store(db)
     server = DemoServer(flow, build_providers(flow, {}), store, skip_signature=True)
     runner, port = await start(server)
     _say(f"engine serve on 127.0.0.1:{port} (offline providers); shipment API on {hook.url}")
@@ -73,6 +86,7 @@ async def _demo(db: str) -> int:
     finally:
         await runner.cleanup()
         await hook.runner.cleanup()
+        keeper.stop()
     if not server.opened:
         print("error: the simulated call never reached the server", file=sys.stderr)
         store.close()
@@ -97,8 +111,13 @@ async def _demo(db: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.store import StoreError
+
     try:
         return asyncio.run(_demo(args.db))
+    except StoreError as exc:  # e.g. the log is another live server's
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -15,10 +15,28 @@ word per ``word_s``; a final (``speech_final``) after ``endpointing`` ms of sile
 Finalize (``from_finalize``; all its words when the caller has gone quiet, else the words heard so far),
 ``final_latency_s`` after its trigger, with word timings taken from where the speech was in the audio;
 UtteranceEnd ``utterance_end_ms`` after the last word. Speech shorter than ``min_speech_s`` (a cough) gets
-no transcript. A Finalize with nothing to flush gets an empty ``from_finalize`` final, as Deepgram sends.
+no transcript. A Finalize with audio but no words to flush gets an empty ``from_finalize`` final.
 
 Both modes: ``CloseStream`` flushes, sends Metadata and closes. Faults: drop the socket once (after N s of
 audio, or after the nth transcribed utterance), slow start, refuse reconnects.
+
+Message shapes follow deepgram-sdk's ``listen/v1/types`` (ListenV1Results, ListenV1SpeechStarted,
+ListenV1UtteranceEnd, ListenV1Metadata: the ``type`` discriminator, ``channel.alternatives[].words``,
+``metadata.model_info``), control messages its ``listen/v1/socket_client.py`` (send_finalize,
+send_keep_alive, send_close_stream), the query what ``listen/v1/client.py`` connect() sends. What the
+results say and when (interims per word, ``speech_final`` after ``endpointing`` ms of silence, UtteranceEnd
+after ``utterance_end_ms``) follows Deepgram's endpointing and utterance-end docs; the timings themselves are
+the fake's (a model). Not imposed: the 10 s NET-0001 close without audio or KeepAlive (docs/keep-alive),
+the per-project stream cap (50 for Nova streaming, docs' api-rate-limits).
+
+Limits and what they follow (developers.deepgram.com):
+- Audio is taken at most ``max_rate`` (1.25) x real time per connection ("Recovering From Connection Errors
+  & Timeouts When Live Streaming Audio"). Past ``burst_s`` ahead of that the fake takes each frame only when
+  the rate allows it (its transcripts lag, as Deepgram's do) and records how far ahead the client was in
+  ``ListenConn.ahead_s``. How much Deepgram buffers before it holds back is unknown: ``burst_s`` is a guess.
+- Finalize is answered (a ``from_finalize`` final) only when audio came since the last final ("This
+  response typically occurs when there is a noticeable amount of audio buffered", docs/finalize); with
+  none, nothing is sent. What amount counts as noticeable is unknown: here, any frame.
 """
 
 from __future__ import annotations
@@ -104,6 +122,9 @@ class ListenConn:
     controls: list[str] = field(default_factory=list)  # types of the text frames received, in order
     sent: list[dict[str, Any]] = field(default_factory=list)
     ended: str = ""  # close_stream | dropped | client
+    opened_at: float = 0.0  # loop time the upgrade was accepted
+    ahead_s: float = 0.0  # most audio the client sent ahead of max_rate x real time (past the burst)
+    unfinalized: int = 0  # audio bytes since the last final (a Finalize with none gets no answer)
 
     def q(self, name: str, default: str | None = None) -> str | None:
         return self.query.get(name, [default])[0]
@@ -162,6 +183,8 @@ class _Conn:
 
     def results(self, words: list[_Word], t_end: float, *, is_final: bool, speech_final: bool = False,
                 from_finalize: bool = False) -> dict[str, Any]:
+        if is_final:
+            self.conn.unfinalized = 0  # what came before is final now
         text = " ".join(w.text if self.smart else w.text.lower().strip(".,?!;:") for w in words)
         conf = min((w.confidence for w in words), default=0.0)
         return {
@@ -416,8 +439,10 @@ class DeepgramListenFake(FakeServer):
     ``Lines`` (utterance mode; the line count runs across connections, so use one fake per call)."""
 
     def __init__(self, script: Script | Sequence[Script] | Lines = Script(), *, api_key: str = "test-key",
-                 faults: ListenFaults = ListenFaults()) -> None:
+                 faults: ListenFaults = ListenFaults(), max_rate: float | None = 1.25,
+                 burst_s: float = 0.5) -> None:
         super().__init__()
+        self.max_rate, self.burst_s = max_rate, burst_s
         self.lines_cfg = script if isinstance(script, Lines) else None
         self.scripts = [] if isinstance(script, Lines) else [script] if isinstance(script, Script) else list(script)
         self.api_key, self.faults = api_key, faults
@@ -479,7 +504,7 @@ class DeepgramListenFake(FakeServer):
         query: dict[str, list[str]] = {}
         for k, v in request.query.items():
             query.setdefault(k, []).append(v)
-        conn = ListenConn(query=query, headers=dict(request.headers))
+        conn = ListenConn(query=query, headers=dict(request.headers), opened_at=asyncio.get_running_loop().time())
         self.connections.append(conn)
         session = self._session(conn)
         ws = web.WebSocketResponse()
@@ -509,7 +534,14 @@ class DeepgramListenFake(FakeServer):
                             session: _Conn) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
+                if self.max_rate is not None:  # at most max_rate x real time: the rest waits its turn
+                    elapsed = asyncio.get_running_loop().time() - conn.opened_at
+                    ahead = conn.audio_s + len(msg.data) / 8000 - self.max_rate * elapsed
+                    conn.ahead_s = max(conn.ahead_s, ahead)
+                    if ahead > self.burst_s:
+                        await asyncio.sleep((ahead - self.burst_s) / self.max_rate)
                 conn.audio += msg.data
+                conn.unfinalized += len(msg.data)
                 session.audio(msg.data, conn.audio_s)
                 if self._drop_due(conn):
                     self._dropped, conn.ended = True, "dropped"
@@ -519,7 +551,7 @@ class DeepgramListenFake(FakeServer):
             elif msg.type == WSMsgType.TEXT:
                 kind = json.loads(msg.data).get("type", "")
                 conn.controls.append(kind)
-                if kind == "Finalize":
+                if kind == "Finalize" and conn.unfinalized:
                     session.finalize_now(conn.audio_s)
                 elif kind == "CloseStream":
                     conn.ended = "close_stream"

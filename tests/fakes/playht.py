@@ -5,6 +5,12 @@
 2. ``POST /tts?token=..`` (the streaming URL; only an ``accept`` header, the token is the credential)
    answers a chunked body of raw mu-law: ``ms_per_char`` of tone per character of text, after ``ttfb_s``.
 Faults: ``status`` (e.g. 500 with a text body), ``truncate`` (abort the socket halfway through the audio).
+
+Sources: the coordinates exchange, its headers, the reply's ``expires_at`` format and model keys, and the
+streaming POST with only ``accept`` follow pyht 0.1.14 (``pyht/inference_coordinates.py``,
+``pyht/async_client.py``); non-200 answers raise ``Exception("HTTP <code>: <body>")`` there. PlayHT's own
+servers are gone (shut down 2025-12-31), so their limits, error bodies and timings are unknown: the fake
+imposes none.
 """
 
 from __future__ import annotations

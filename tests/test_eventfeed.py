@@ -1,0 +1,200 @@
+"""GET /calls/{call_id}/events (a call's log as Server-Sent Events), /phone and the phone token on /media."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+
+from adapters.audio import load_fixture
+from callstate.flows import resolve_flow
+from callstate.phoneauth import PhoneTokens
+from callstate.providers import build_providers
+from callstate.server import Server, start
+from callstate.simcaller import CallerLine, SimCaller
+from engine.store import SqliteStore
+
+FLOW = resolve_flow(str(Path(__file__).parent / "data" / "local_call.yaml"))
+KEY = "test-api-key"
+
+
+class Live:
+    def __init__(self, tmp_path: Path, **kw: object) -> None:
+        self.store = SqliteStore(tmp_path / "calls.db")
+        self.server = Server(FLOW, build_providers(FLOW, {}), self.store, api_key=KEY, **kw)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Live:
+        self.runner, self.port = await start(self.server)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.http = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.close()
+        await self.server.shutdown()
+        await self.runner.cleanup()
+        self.store.close()
+
+    def caller(self, query: str = "") -> SimCaller:
+        lines = [CallerLine(audio=load_fixture("shipment_1"), gap_ms=300), CallerLine(hangup=True, gap_ms=300)]
+        return SimCaller(f"ws://127.0.0.1:{self.port}/media{query}", lines=lines, timeout_s=30)
+
+
+async def read_sse(resp: aiohttp.ClientResponse) -> tuple[list[dict], list[str]]:
+    """(envelopes, SSE ids) until the `end` event."""
+    envelopes, ids, event, data, sid = [], [], "", "", ""
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("id: "):
+            sid = line[4:]
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "":
+            if event == "end":
+                return envelopes, ids
+            envelopes.append(json.loads(data))
+            ids.append(sid)
+    raise AssertionError("the stream closed without an end event")
+
+
+async def test_stream_follows_a_live_call_and_equals_the_log(tmp_path: Path) -> None:
+    async with Live(tmp_path, skip_signature=True) as live:
+        caller = live.caller()
+        call = asyncio.create_task(caller.run())
+        while caller.call_sid not in live.server.calls:  # the call exists once `start` was handled
+            await asyncio.sleep(0.01)
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with live.http.get(f"{live.base}/calls/{caller.call_sid}/events", headers=headers) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+            first = json.loads((await resp.content.readuntil(b"\n\n")).decode().split("data: ", 1)[1])
+            assert not call.done(), "the first envelope came while the call was live"
+            rest, ids = await read_sse(resp)
+        await call
+        envelopes = [first, *rest]
+        assert envelopes == live.store.load_records(caller.call_sid)  # the store's envelope, every one, in order
+        assert ids == [str(e["seq"]) for e in rest]
+        assert any(e["type"] == "CallEnded" for e in envelopes)
+
+
+async def test_stream_from_a_seq_and_after_last_event_id(tmp_path: Path) -> None:
+    async with Live(tmp_path, skip_signature=True) as live:
+        caller = live.caller()
+        await caller.run()
+        while live.server.calls:
+            await asyncio.sleep(0.01)
+        url, headers = f"{live.base}/calls/{caller.call_sid}/events", {"Authorization": f"Bearer {KEY}"}
+        async with live.http.get(url + "?from_seq=10", headers=headers) as resp:
+            envelopes, _ = await read_sse(resp)
+        total = len(live.store.load_records(caller.call_sid))
+        assert [e["seq"] for e in envelopes] == list(range(10, total + 1))
+        async with live.http.get(url, headers={**headers, "Last-Event-ID": "10"}) as resp:
+            envelopes, _ = await read_sse(resp)
+        assert envelopes[0]["seq"] == 11
+        async with live.http.get(url + "?from_seq=x", headers=headers) as resp:
+            assert resp.status == 400
+
+
+async def test_stream_access(tmp_path: Path) -> None:
+    async with Live(tmp_path, skip_signature=True, phone=True) as live:
+        caller = live.caller()
+        await caller.run()
+        url = f"{live.base}/calls/{caller.call_sid}/events"
+        for headers, query in [({}, ""), ({"Authorization": "Bearer wrong"}, ""), ({}, "?token=1.2.3"),
+                               ({"Authorization": KEY}, "")]:
+            async with live.http.get(url + query, headers=headers) as resp:
+                assert resp.status == 401, (headers, query)
+        assert live.server.access.tokens is not None
+        token = live.server.access.tokens.mint()
+        async with live.http.get(f"{url}?token={token}") as resp:
+            assert resp.status == 200
+            await read_sse(resp)
+        async with live.http.get(f"{live.base}/calls/nope/events?token={token}") as resp:
+            assert resp.status == 404
+        async with live.http.get(f"{live.base}/calls/{caller.call_sid}/timeline?token={token}") as resp:
+            assert resp.status == 200
+            assert caller.call_sid in await resp.text()
+        async with live.http.get(f"{live.base}/calls/{caller.call_sid}/timeline") as resp:
+            assert resp.status == 401
+
+
+def test_phone_tokens_cannot_be_forged_or_extended() -> None:
+    now = [1_000_000.0]
+    tokens = PhoneTokens(ttl_s=600, clock=lambda: now[0])
+    token = tokens.mint()
+    assert tokens.valid(token)
+    expiry, nonce, sig = token.split(".")
+    assert not tokens.valid(f"{int(expiry) + 3600}.{nonce}.{sig}")  # a later expiry, same signature
+    assert not tokens.valid(f"{expiry}.{nonce}.{'0' * len(sig)}")
+    assert not PhoneTokens(clock=lambda: now[0]).valid(token)  # another server's secret
+    for bad in ("", "x", "..", "a.b.c", token + "x" * 300):
+        assert not tokens.valid(bad)
+    now[0] += 601
+    assert not tokens.valid(token)
+    assert "secret" not in repr(tokens) and token not in repr(tokens)
+
+
+async def test_media_takes_a_phone_token_or_nothing(tmp_path: Path) -> None:
+    async with Live(tmp_path, phone=True) as live:  # no Twilio auth token, signatures not skipped
+        async with live.http.get(f"{live.base}/phone") as resp:
+            assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+            page = await resp.text()
+        token = page.split('name="phone-token" content="', 1)[1].split('"', 1)[0]
+        assert live.server.access.tokens is not None and live.server.access.tokens.valid(token)
+        assert "https://" not in page and "http://" not in page  # nothing fetched from anywhere
+        async with live.http.post(f"{live.base}/twiml", data={"CallSid": "CA1"}) as resp:
+            assert resp.status == 403  # no auth token to check Twilio with: the phone's socket is all there is
+        for query in ("", "?token=", "?token=1.2.3", f"?token={token}x"):
+            async with live.http.get(f"{live.base}/media{query}") as resp:
+                assert resp.status == 403, query
+        caller = live.caller(f"?token={token}")
+        result = await caller.run()
+        assert result.lines[0].started_ms is not None
+        assert any(r["type"] == "Transcript" for r in live.store.load_records(caller.call_sid))
+
+
+async def test_phone_page_is_off_unless_asked_for(tmp_path: Path) -> None:
+    async with Live(tmp_path, skip_signature=True) as live, live.http.get(f"{live.base}/phone") as resp:
+        assert resp.status == 404
+
+
+async def test_twilio_signature_still_opens_media_with_the_phone_on(tmp_path: Path) -> None:
+    from twilio.request_validator import RequestValidator
+
+    async with Live(tmp_path, phone=True, auth_token="tw-secret") as live:
+        url = f"ws://127.0.0.1:{live.port}/media"
+        signature = RequestValidator("tw-secret").compute_signature(url, {})
+        lines = [CallerLine(audio=load_fixture("shipment_1"), gap_ms=300), CallerLine(hangup=True, gap_ms=300)]
+        result = await SimCaller(url, lines=lines, signature=signature, timeout_s=30).run()
+        assert result.lines[0].started_ms is not None
+        async with live.http.get(f"{live.base}/media") as resp:  # neither signature nor token
+            assert resp.status == 403
+
+
+def test_phone_beyond_loopback_warns(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "CALLSTATE_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "callstate.cli", "serve", "--phone", "--host", "0.0.0.0",
+                             "--port", "0", "--flow", str(Path(__file__).parent / "data" / "local_call.yaml"),
+                             "--db", str(tmp_path / "c.db")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    seen = []
+    try:
+        for line in proc.stdout:  # until the server is up: it prints the page's URL last
+            seen.append(line)
+            if line.startswith("browser phone: open "):
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    text = "".join(seen)
+    assert "!!! --phone on 0.0.0.0" in text, text
+    assert "browser phone: open http://127.0.0.1:" in text
