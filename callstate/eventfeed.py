@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engine.events import Event, to_record
+from engine.codec import to_record
+from engine.events import Event
 from engine.store import Store, StoreError
 
 Record = dict[str, Any]

@@ -216,9 +216,11 @@ class _Loader:
             node: Any = record
             for step in path[:-1]:
                 node = _child(node, step)
-            if (isinstance(node, dict) and path and path[-1] in node) or \
-                    (isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)):
-                node[path[-1]] = text
+            last = path[-1] if path else None
+            there = (isinstance(node, dict) and last in node) or \
+                (isinstance(node, list) and isinstance(last, int) and last < len(node))
+            if there:
+                node[last] = text
         return record
 
     def format(self, i: _Issue) -> str:
