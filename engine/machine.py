@@ -51,6 +51,7 @@ AGENT_TABLE: list[dict[str, Any]] = [
     {"trigger": "announce", "source": LIVE, "dest": S},
     # the LLM asked for tools: its answer waits for their results (a line may still be playing)
     {"trigger": "call_tool", "source": [T, S], "dest": P},
+    # the last tool in flight answered (result or error, already in the context): the LLM answers with it
     {"trigger": "tool_returned", "source": P, "dest": T},
     # the caller takes the floor over the agent (time or words, policy.barge_in_confirmed)
     {"trigger": "barge_in", "source": [S, T, P], "dest": I, "conditions": barge_in_confirmed},
@@ -80,11 +81,13 @@ FLOOR_TABLE: list[dict[str, Any]] = [
     {"trigger": "voice_starts", "source": QUIET, "dest": CANDIDATE},
     # the caller stopped: a candidate that was not confirmed was a cough or an "uh-huh", and is dropped
     {"trigger": "voice_stops", "source": [TALKING, CANDIDATE], "dest": SILENT},
-    # the STT heard words over the busy agent: they start a candidate (with or without the VAD's speech)
+    # the STT heard words over the busy agent while the VAD hears nothing: a candidate by words alone
     {"trigger": "words_over_agent", "source": SILENT, "dest": QUIET},
+    # words over the busy agent from a caller who was already talking (they began while it listened)
     {"trigger": "words_over_agent", "source": TALKING, "dest": CANDIDATE},
-    # the agent's barge_in row was taken: the candidate is the caller's floor now
+    # the agent's barge_in row was taken: the candidate is the caller's floor now, and they are talking
     {"trigger": "confirmed", "source": CANDIDATE, "dest": TALKING},
+    # confirmed by words the VAD never heard: the floor is theirs, and they are quiet (their turn's words wait)
     {"trigger": "confirmed", "source": QUIET, "dest": SILENT},
 ]
 
