@@ -18,9 +18,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-#: 2: the agent's CLOSING state (Ignored.state may say "closing"); RuntimeFault. Version 1 logs still load
-#: and reproduce (replay/reproduce.py reads their Ignored effects as version 1 wrote them).
-SCHEMA_VERSION = 2
+#: The log's format, recorded per call. 1: every StartLlm row holds its whole context. 2: a StartLlm row holds
+#: only the messages new since the call's previous request (engine/store.py encodes and rebuilds them).
+#: 3: the agent's CLOSING state (an Ignored may say "closing") and RuntimeFault. Logs of versions 1 and 2
+#: still load and reproduce (replay/reproduce.py reads their Ignored effects as those versions wrote them).
+SCHEMA_VERSION = 3
 
 Kind = Literal["input", "effect"]
 

@@ -55,9 +55,9 @@ class Reproduction:
 
 
 def as_logged(effect: ev.Effect, schema_version: int) -> ev.Effect:
-    """An effect as a log of that schema version would hold it. Version 1 had no CLOSING state: the last
-    line of a call played in SPEAKING, and its Ignored effects named that state."""
-    if schema_version < 2 and isinstance(effect, ev.Ignored) and effect.state == CallState.CLOSING:
+    """An effect as a log of that schema version would hold it. Versions 1 and 2 had no CLOSING state: the
+    last line of a call played in SPEAKING, and its Ignored effects named that state."""
+    if schema_version < 3 and isinstance(effect, ev.Ignored) and effect.state == CallState.CLOSING:
         return dataclasses.replace(effect, state=CallState.SPEAKING.value)
     return effect
 

@@ -108,5 +108,5 @@ def test_a_version_1_log_still_reproduces() -> None:
           if isinstance(e, ev.Ignored) and e.state == CallState.CLOSING else e for e in log]
     assert v1 != log
     assert reproduce(f, v1, schema_version=1).ok
-    assert not reproduce(f, v1).ok  # read as version 2, it would be a divergence
+    assert not reproduce(f, v1).ok  # read as the current version, it would be a divergence
     assert CallMachine(f).view.state == CallState.LISTENING
