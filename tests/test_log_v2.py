@@ -61,7 +61,7 @@ def test_a_v2_row_is_the_delta(tmp_path: Path) -> None:
     db = written(tmp_path / "c.db")
     rows = [json.loads(d) for (d,) in raw(db, "SELECT data FROM events WHERE type = 'StartLlm' ORDER BY seq")]
     assert [(r["messages_from"], len(r["messages"])) for r in rows] == [(0, 2), (2, 2), (4, 2), (0, 2)]
-    assert raw(db, "SELECT DISTINCT schema_version FROM calls") == [(2,)]
+    assert raw(db, "SELECT DISTINCT schema_version FROM calls") == [(SCHEMA_VERSION,)]
 
 
 def test_a_version_1_log_still_loads_and_replays(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
