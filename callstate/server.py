@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from callstate.eventfeed import LocalFeed, stream
+from callstate.eventfeed import Feed, LocalFeed, stream
 from callstate.metrics import Metrics, TurnClock
 from callstate.phoneauth import Access, PhoneTokens
 from engine import events as ev
@@ -26,7 +26,8 @@ class Server:
     def __init__(self, flow: Flow, providers: Providers, store: Store, *, auth_token: str | None = None,
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
-                 worker_index: int = 0, phone: bool = False, api_key: str | None = None) -> None:
+                 worker_index: int = 0, phone: bool = False, api_key: str | None = None,
+                 feed: Feed | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
@@ -41,7 +42,9 @@ class Server:
         #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
         self.phone = phone
         self.access = Access(PhoneTokens() if phone else None, api_key)
-        self.feed: LocalFeed | None = None  # built with the app (it needs the running loop)
+        #: Where /calls/{id}/events reads: given (e.g. a feed of calls on other hosts), else this process's
+        #: calls from the store's append hook (LocalFeed, built on first use: it needs the running loop).
+        self.feed: Feed | None = feed
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
