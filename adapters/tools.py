@@ -214,7 +214,13 @@ class ToolRunner:
         where = f"{method} {_public(url)}"  # every failure names the request, so a log reader can retry it
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                async with self._session.request(method, url, data=data, headers=headers) as resp:
+                # Redirects are not followed: the request carries the tool's credentials (its headers and
+                # signature), and a 30x to another host would hand them over (issue 11).
+                async with self._session.request(method, url, data=data, headers=headers,
+                                                 allow_redirects=False) as resp:
+                    if 300 <= resp.status < 400:
+                        raise _Fail("redirect", f"the tool's server answered HTTP {resp.status} (a redirect); "
+                                    "webhooks do not follow redirects: set the tool's url to the final address")
                     if not 200 <= resp.status < 300:
                         raise _Fail(f"http_{resp.status}", f"{where}: the tool's server answered HTTP {resp.status}")
                     raw_body = await self._read_capped(resp, where)

@@ -24,6 +24,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ FRAME_BYTES = 160  # 20 ms of mu-law 8 kHz: Twilio's frame (reference 1.2)
 BYTES_PER_S = 8000
 DTMF_DIGITS = "0123456789*#ABCD"
 MEDIA_FORMAT = "audio/x-mulaw;rate=8000;channels=1"  # the only format of a phone stream (reference 1.2)
+#: A SID: Twilio's are two letters and 32 hex digits (CA..., MZ...); anything this shape is safe to print.
+_SID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Twilio's error when updating a call that has already ended: "Call is not in-progress. Cannot redirect."
 NOT_IN_PROGRESS = 21220
 
@@ -181,8 +184,13 @@ def _decode(msg: dict[str, Any]) -> Decoded:
         if not isinstance(stream_sid, str):
             raise _Reject("bad_field", "streamSid")
         account = msg["start"].get("accountSid", "")
+        call_sid = _get(msg, "start.callSid")
+        if not _SID.fullmatch(call_sid):  # it names the call in logs and files: no newlines, no escapes
+            raise _Reject("bad_field", "start.callSid")
+        if not _SID.fullmatch(stream_sid):
+            raise _Reject("bad_field", "streamSid")
         return Decoded("start", info=CallInfo(
-            call_sid=_get(msg, "start.callSid"), stream_sid=stream_sid,
+            call_sid=call_sid, stream_sid=stream_sid,
             account_sid=account if isinstance(account, str) else "",
             params={str(k): str(v) for k, v in custom.items()}, media_format=fmt))
     if event == "connected":
@@ -377,6 +385,10 @@ class TwilioPhone:
 # ---------------------------------------------------------------------------------------------- app
 
 
+class CallRefused(RuntimeError):
+    """``on_call`` turns a call away on purpose (shutting down, the log is behind): one line, no traceback."""
+
+
 class CallHandle(Protocol):  # engine.ports.CallHandle, restated: adapters don't import engine.ports
     def audio_in(self, mulaw: bytes) -> None: ...
     def emit(self, event: Input) -> None: ...
@@ -390,15 +402,20 @@ def _first(value: str | None) -> str:
     return value.split(",")[0].strip() if value else ""  # proxies chain values: "https, http"
 
 
-def public_base(request: web.Request, public_url: str | None, *, ws: bool) -> str:
-    """The URL Twilio sees for this app's root: ``public_url``, else rebuilt from the proxy headers."""
+def public_base(request: web.Request, public_url: str | None, *, ws: bool,
+                trusted_proxies: frozenset[str] = frozenset()) -> str:
+    """The URL Twilio sees for this app's root: ``public_url``, else this request's own scheme and Host.
+    X-Forwarded-Proto/-Host count only from a peer in ``trusted_proxies``: anyone else can forge them, and
+    a forged host would both pass a signature made for it and receive the stream (issue 11)."""
     if public_url:
         scheme, sep, rest = public_url.rstrip("/").partition("://")
         if not sep:
             scheme, rest = "https", public_url.rstrip("/")
-    else:
+    elif request.remote in trusted_proxies:
         scheme = _first(request.headers.get("X-Forwarded-Proto")) or request.scheme
         rest = _first(request.headers.get("X-Forwarded-Host")) or request.host
+    else:
+        scheme, rest = request.scheme, request.host
     scheme = scheme.lower()
     if ws:
         scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
@@ -453,15 +470,28 @@ class Signatures:
         return f"bad {algorithm} signature"
 
 
+@dataclass(frozen=True)
+class StreamLimits:
+    """How long a Media Stream peer may stay silent. Twilio sends ``start`` right after the upgrade and
+    then a media frame every 20 ms for the whole call (reference 1.2), so seconds of silence mean a dead or
+    hostile peer."""
+
+    start_s: float = 5.0  # upgrade -> the start frame
+    idle_s: float = 20.0  # between frames once the call runs
+
+
 def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | None = None,
                skip_signature: bool = False, rest: TwilioRest | None = None,
                max_message_bytes: int = MAX_MESSAGE_BYTES, lead_ms: int = 100,
                shared_key: str | None = None,
-               media_token: Callable[[web.Request], bool] | None = None) -> web.Application:
+               media_token: Callable[[web.Request], bool] | None = None,
+               trusted_proxies: frozenset[str] = frozenset(), limits: StreamLimits = StreamLimits(),
+               on_timeout: Callable[[str], None] = lambda what: None) -> web.Application:
     """``POST /twiml`` (the number's voice webhook) and ``GET /media`` (the Media Streams socket).
 
     ``on_call(info, phone)`` returns the call's handle (engine.ports.CallHandle). ``rest`` is closed with the app.
     ``shared_key``: the Webhook Rules SharedKey secret (HMAC-SHA256 signatures), beside the Auth Token.
+    ``on_timeout(what)`` counts a peer cut for silence: "ws_start" or "ws_idle".
     ``media_token`` (the browser phone's check) admits a /media request Twilio did not sign; when it is set,
     /media takes a valid Twilio signature or a valid token and nothing else, even with no auth token.
     """
@@ -474,13 +504,14 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         if not checked:
             return True
         # Reference 1.5: the URL exactly as Twilio requested it, query included, behind any proxy.
-        url = public_base(request, public_url, ws=ws) + request.raw_path
+        url = public_base(request, public_url, ws=ws, trusted_proxies=trusted_proxies) + request.raw_path
         why = signatures.check(url, params, request.headers)
         if why is None:
             return True
         # The usual cause is a tunnel or proxy: Twilio signed the public URL, we rebuilt another one.
         log.warning("twilio: %s on %s %s: checked against %r. If Twilio calls another URL (a tunnel, a proxy), "
-                    "start engine serve with --public-url https://<the host Twilio calls>",
+                    "start engine serve with --public-url https://<the host Twilio calls> (or --trusted-proxy "
+                    "<its IP> if that proxy sets X-Forwarded-Host)",
                     why, request.method, request.path, url)
         return False
 
@@ -495,7 +526,8 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         # Stream URLs take no query string (reference 1.1): extras ride as <Parameter>s, e.g. ?script=...
         params = {k: v for k, v in request.query.items()}
         params.update({k: str(form[k]) for k in ("CallSid", "From", "To") if k in form})
-        stream_url = public_base(request, public_url, ws=True) + str(request.app.router["media"].url_for())
+        stream_url = public_base(request, public_url, ws=True, trusted_proxies=trusted_proxies) + \
+            str(request.app.router["media"].url_for())
         response, connect = VoiceResponse(), Connect()
         stream = connect.stream(url=stream_url)
         for name, value in params.items():
@@ -514,27 +546,56 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
             return web.Response(status=403, text="bad signature")
         ws = web.WebSocketResponse(max_msg_size=max_message_bytes)
         await ws.prepare(request)
-        await _bridge(ws, on_call, rest, lead_ms)
+        waiting.add(ws)
+        try:
+            await _bridge(ws, on_call, rest, lead_ms, limits, on_timeout, waiting)
+        finally:
+            waiting.discard(ws)
         return ws
+
+    async def shutdown(_app: web.Application) -> None:
+        # Sockets that never sent ``start`` have no call to drain: close them now, or the server's shutdown
+        # waits on their handlers (issue 11: ~2 minutes).
+        for ws in list(waiting):
+            with contextlib.suppress(Exception):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     async def cleanup(_app: web.Application) -> None:
         if rest is not None:
             await rest.aclose()
 
+    waiting: set[web.WebSocketResponse] = set()  # upgraded, no start frame yet
     app = web.Application()
     app.router.add_post("/twiml", twiml, name="twiml")
     app.router.add_get("/media", media, name="media")
+    app.on_shutdown.append(shutdown)
     app.on_cleanup.append(cleanup)
     return app
 
 
-async def _bridge(ws: web.WebSocketResponse, on_call: OnCall, rest: TwilioRest | None, lead_ms: int) -> None:
+async def _bridge(ws: web.WebSocketResponse, on_call: OnCall, rest: TwilioRest | None, lead_ms: int,
+                  limits: StreamLimits, on_timeout: Callable[[str], None],
+                  waiting: set[web.WebSocketResponse]) -> None:
     """One stream: wait for ``start``, hand the call to ``on_call``, then route frames until the end."""
     handle: CallHandle | None = None
     phone: TwilioPhone | None = None
     ended, early_media = False, 0
+    loop = asyncio.get_running_loop()
+    start_by = loop.time() + limits.start_s
     try:
-        async for msg in ws:
+        while True:
+            wait = max(0.001, start_by - loop.time()) if handle is None else limits.idle_s
+            try:
+                msg = await ws.receive(timeout=wait)
+            except TimeoutError:
+                what = "ws_start" if handle is None else "ws_idle"
+                on_timeout(what)
+                log.warning("twilio: %s; closing the stream", f"no start frame within {limits.start_s:g} s of "
+                            "the upgrade" if handle is None else f"no frame for {limits.idle_s:g} s")
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"timeout")
+                break
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break  # ERROR (e.g. a frame over max_message_bytes): aiohttp has closed the socket
             d = decode(msg.data) if msg.type is WSMsgType.TEXT else Decoded("bad", reason="not_text")
@@ -542,10 +603,14 @@ async def _bridge(ws: web.WebSocketResponse, on_call: OnCall, rest: TwilioRest |
                 if d.kind == "start" and d.info is not None:
                     info = d.info
                     phone = TwilioPhone(ws, info.stream_sid, rest=rest, call_sid=info.call_sid, lead_ms=lead_ms)
+                    waiting.discard(ws)
                     try:
                         handle = await on_call(info, phone)
-                    except Exception:
-                        log.exception("twilio: on_call failed for %s", info.call_sid)
+                    except Exception as exc:
+                        if isinstance(exc, CallRefused):  # draining, or the log is behind: no traceback
+                            log.warning("twilio: on_call failed for %s: %s", info.call_sid, exc)
+                        else:
+                            log.exception("twilio: on_call failed for %s", info.call_sid)
                         await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"call setup failed")
                         return
                 elif d.kind == "media":

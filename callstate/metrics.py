@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from engine import events as ev
 from engine.logwriter import LogWriter
@@ -39,21 +39,29 @@ class Metrics:
         self.refused: dict[str, int] = defaultdict(int)  # calls or connections turned away, by reason
         self.timeouts: dict[str, int] = defaultdict(int)  # peers cut for idling, by what they failed to send
         self.limits: dict[str, int] = defaultdict(int)  # per-call limits hit, by limit
+        self.events = 0  # events the calls produced (each one is due in the log)
+        self.loop_lag_ms: deque[float] = deque(maxlen=6000)  # the last 10 minutes, sampled every 100 ms
         self.v2v = Histogram(V2V_BUCKETS)
         self.engine_us = Histogram(ENGINE_BUCKETS_US)
 
     def observe_step(self, event: ev.Input, effects: list[ev.Effect], engine_us: int) -> None:
         self.engine_us.observe(engine_us)
+        self.events += 1 + len(effects)
         for e in effects:
             if isinstance(e, ev.ClearPlayback):
                 self.barge_ins += 1
+        timed_out = (isinstance(event, ev.ProviderNotice) and event.what == "timeout" and event.provider) or \
+            (isinstance(event, ev.LlmError) and "timeout" in event.message and "llm") or \
+            (isinstance(event, ev.ToolResult) and event.error == "timeout" and "tool")
+        if timed_out:  # a provider that stopped answering: counted with the peers cut for idling
+            self.timeouts[timed_out] += 1
         if isinstance(event, ev.LlmError):
             self.provider_errors["llm"] += 1
         elif isinstance(event, ev.TtsError):
             self.provider_errors["tts"] += 1
         elif isinstance(event, ev.ToolResult) and not event.ok:
             self.provider_errors["tools"] += 1
-        elif isinstance(event, ev.ProviderNotice) and event.what in ("error", "stt_dropped", "retry"):
+        elif isinstance(event, ev.ProviderNotice) and event.what in ("error", "stt_dropped", "retry", "timeout"):
             self.provider_errors[event.provider] += 1
 
     def render(self, writer: LogWriter | None = None) -> str:
@@ -79,6 +87,11 @@ class Metrics:
             *_counter("callstate_peer_timeouts_total", "Peers cut for idling, by what they did not send.",
                       "what", self.timeouts),
             *_counter("callstate_call_limits_total", "Per-call limits hit, by limit.", "limit", self.limits),
+            "# HELP callstate_events_total Events the calls produced (inputs and effects), each due in the log.",
+            "# TYPE callstate_events_total counter", f"callstate_events_total {self.events}",
+            "# HELP callstate_loop_lag_ms Event loop lag over the last 10 minutes (sampled every 100 ms).",
+            "# TYPE callstate_loop_lag_ms summary",
+            *[f'callstate_loop_lag_ms{{quantile="{q}"}} {_quantile(self.loop_lag_ms, q):.1f}' for q in (0.5, 0.99, 1)],
         ]
         if writer is not None:
             st = writer.stats
@@ -96,6 +109,13 @@ class Metrics:
                 "# TYPE callstate_log_events_lost_total counter", f"callstate_log_events_lost_total {st.lost_events}",
             ]
         return "\n".join(lines) + "\n"
+
+
+def _quantile(xs: deque[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def _counter(name: str, help_: str, label: str, values: dict[str, int]) -> list[str]:

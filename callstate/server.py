@@ -4,22 +4,63 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
 
+from adapters.twilio import CallRefused, StreamLimits
 from callstate.eventfeed import Feed, LocalFeed, stream
+from callstate.guard import ConnectionGuard
 from callstate.metrics import Metrics, TurnClock
 from callstate.phoneauth import Access, PhoneTokens
+from callstate.secrets import logged_flow, secret_values
 from engine import events as ev
 from engine.flow import Flow
-from engine.runtime import LiveCall, Providers
+from engine.redact import Redactor
+from engine.runtime import CallLimits, LiveCall, Providers
 from engine.store import Store, StoreError
 from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What any one peer may cost this server (issue 11); the serve command's flags set them."""
+
+    max_connections: int = 1000
+    header_s: float = 10.0  # connect -> a whole request head
+    keepalive_s: float = 15.0  # idle between two requests on one connection
+    stream: StreamLimits = field(default_factory=StreamLimits)
+    call: CallLimits = field(default_factory=CallLimits)
+
+
+class CallIds:
+    """Every live call gets its own id: its CallSid the first time, ``CallSid-2``, ``-3``... when Twilio
+    retries a stream with the same CallSid (logged or live alike), each linked to the one before it.
+    Known ids are read once, before serving: choosing an id never reads the log."""
+
+    def __init__(self, known: list[tuple[str, str]]) -> None:
+        self.taken = {call_id for call_id, _ in known}
+        self.latest = {sid: call_id for call_id, sid in known if sid}  # oldest first: the newest wins
+
+    def new(self, call_sid: str) -> tuple[str, str | None]:
+        if not call_sid:
+            call_id = f"call-{uuid.uuid4().hex[:12]}"
+            self.taken.add(call_id)
+            return call_id, None
+        previous, call_id, n = self.latest.get(call_sid), call_sid, 1
+        while call_id in self.taken:
+            n += 1
+            call_id = f"{call_sid}-{n}"
+        self.taken.add(call_id)
+        self.latest[call_sid] = call_id
+        return call_id, previous
 
 
 class Server:
@@ -27,18 +68,28 @@ class Server:
                  public_url: str | None = None, skip_signature: bool = False, rest: object | None = None,
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
                  worker_index: int = 0, phone: bool = False, api_key: str | None = None,
-                 feed: Feed | None = None) -> None:
+                 trusted_proxies: frozenset[str] = frozenset(), limits: Limits = Limits(),
+                 environ: Mapping[str, str] | None = None, feed: Feed | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
-        self.grace_s = grace_s
+        self.grace_s, self.trusted_proxies, self.limits = grace_s, trusted_proxies, limits
         self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
         self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
+        self.guard = ConnectionGuard(self.metrics, max_connections=limits.max_connections,
+                                     header_s=limits.header_s)
+        self.ids = CallIds([])
         self.draining = False
+        self._lag_task: asyncio.Task[None] | None = None
         self.rng = random.SystemRandom()
+        # The flow as the log keeps it: every value that came from the environment masked; and every secret
+        # value masked in whatever else the log or the console gets (issue 11)
+        self.flow_record = logged_flow(flow)
+        self.redact = Redactor(secret_values(os.environ if environ is None else environ, flow.env_values()))
+        store.redact = self.redact
         #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
         self.phone = phone
         self.access = Access(PhoneTokens() if phone else None, api_key)
@@ -48,27 +99,35 @@ class Server:
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
-            raise RuntimeError("shutting down: not accepting new calls")
+            self.metrics.refused["shutting_down"] += 1
+            raise CallRefused("shutting down: not accepting new calls")
         writer = self.store.writer
         if writer is not None and writer.degraded:
             self.metrics.refused["log_behind"] += 1
-            raise RuntimeError(f"the call log is behind ({writer.pending_events} events waiting to be written): "
-                               "not accepting new calls until it catches up")
+            raise CallRefused(f"the call log is behind ({writer.pending_events} events waiting to be written): "
+                              "not accepting new calls until it catches up")
         call_sid = getattr(info, "call_sid", "") or ""
-        call_id = call_sid if call_sid and call_sid not in self.calls else f"call-{uuid.uuid4().hex[:12]}"
+        call_id, previous = self.ids.new(call_sid)
         params = dict(getattr(info, "params", {}) or {})
+        meta = {"flow": self.flow_record, "mode": "live", "call_sid": call_sid}
+        if previous is not None:
+            meta["previous_call_id"] = previous  # Twilio retried this stream: the same call, a new log entry
         self.store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                             flow=self.flow.name, meta={"flow": self.flow.model_dump(mode="json"), "mode": "live",
-                                                        "call_sid": call_sid})
+                             flow=self.flow.name, meta=meta)
         call = LiveCall(call_id=call_id, flow=self.flow, providers=self.providers, phone=phone,  # type: ignore[arg-type]
                         store=self.store, seed=self.rng.getrandbits(31), params=params, call_sid=call_sid,
-                        stream_sid=getattr(info, "stream_sid", "") or "", on_step=self._on_step)
+                        stream_sid=getattr(info, "stream_sid", "") or "", on_step=self._on_step,
+                        limits=self.limits.call, on_limit=self._on_limit)
         self.calls[call_id] = call
         self.clocks[call_id] = TurnClock()
         self.metrics.active += 1
         call.main.add_done_callback(lambda _t, cid=call_id: self._ended(cid))
-        log.info("call %s started", call_id, extra={"call_id": call_id, "call_sid": call_sid})
+        log.info("call %s started%s", call_id, f" (a retry of {previous})" if previous else "",
+                 extra={"call_id": call_id, "call_sid": call_sid})
         return call
+
+    def _on_limit(self, what: str) -> None:
+        self.metrics.limits[what] += 1
 
     def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
         self.metrics.observe_step(event, effects, us)
@@ -95,18 +154,37 @@ class Server:
     def app(self) -> web.Application:
         from adapters.twilio import create_app
 
-        app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,
+        def timed_out(what: str) -> None:
+            self.metrics.timeouts[what] += 1
+
+        app = create_app(on_call=self.on_call, auth_token=self.auth_token, public_url=self.public_url,  # type: ignore[arg-type]
                          skip_signature=self.skip_signature, rest=self.rest,  # type: ignore[arg-type]
-                         shared_key=self.shared_key, media_token=self.access.token_ok if self.phone else None)
+                         shared_key=self.shared_key, media_token=self.access.token_ok if self.phone else None,
+                         trusted_proxies=self.trusted_proxies, limits=self.limits.stream, on_timeout=timed_out)
+        app.middlewares.append(self.guard.middleware)
         if self.phone:
             app.router.add_get("/phone", self._phone_page)
         app.router.add_get("/calls/{call_id}/events", self._events)
         app.router.add_get("/calls/{call_id}/timeline", self._timeline)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        app.on_startup.append(self._start_writer)
+        app.on_startup.append(self._startup)
         app.on_shutdown.append(lambda _app: self.shutdown())
         return app
+
+    async def _watch_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.1)
+            self.metrics.loop_lag_ms.append((loop.time() - t - 0.1) * 1000)
+
+    async def _startup(self, _app: web.Application) -> None:
+        self._lag_task = asyncio.create_task(self._watch_lag())
+        self.ids = CallIds(self.store.call_sids())  # read once, before any call: ids never wait on the log
+        # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
+        # process makes the log wait, never the calls (issue 11).
+        self.store.start_writer(str(getattr(self.store, "path", "log")))
 
     async def _phone_page(self, request: web.Request) -> web.Response:
         from callstate.phone import render_page
@@ -139,11 +217,6 @@ class Server:
             raise web.HTTPNotFound(text=f"call {call_id!r} cannot be shown: {exc}\n") from None
         tl = build(flow, events, call_id=call_id, outcome=row.outcome, meta=row.meta)
         return web.Response(text=html.render(tl), content_type="text/html", charset="utf-8")
-
-    async def _start_writer(self, _app: web.Application) -> None:
-        # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
-        # process makes the log wait, never the calls (issue 11).
-        self.store.start_writer(str(getattr(self.store, "path", "log")))
 
     async def _healthz(self, request: web.Request) -> web.Response:
         writer = self.store.writer
@@ -194,6 +267,8 @@ class Server:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()
         await self.providers.aclose()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
 
 
 def _active(metrics_text: str) -> int:
@@ -208,8 +283,12 @@ async def start(server: Server, host: str = "127.0.0.1", port: int = 0,
     """Serve on host:port (0: any free port); returns the runner and the port actually bound.
     reuse_port: SO_REUSEPORT, so several worker processes share the port and the kernel spreads
     connections across them; a worker's own metrics then also go on its Unix socket."""
-    runner = web.AppRunner(server.app(), handle_signals=False)
+    # shutdown_timeout: how long aiohttp waits for handlers once our own shutdown has ended the calls
+    runner = web.AppRunner(server.app(), handle_signals=False, keepalive_timeout=server.limits.keepalive_s,
+                           shutdown_timeout=10.0)
     await runner.setup()
+    assert runner.server is not None
+    server.guard.install(runner.server)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()

@@ -36,6 +36,11 @@ def _worker_argv(args: argparse.Namespace, worker_dir: str, index: int) -> list[
         argv += ["--public-url", args.public_url]
     if args.insecure_skip_signature:
         argv.append("--insecure-skip-signature")
+    for proxy in args.trusted_proxy:
+        argv += ["--trusted-proxy", proxy]
+    # each worker holds its own share of the connections
+    argv += ["--max-connections", str(max(1, args.max_connections // max(1, int(args.workers)))),
+             "--stream-start-timeout-s", str(args.stream_start_timeout_s)]
     return argv
 
 

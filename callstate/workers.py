@@ -46,7 +46,8 @@ async def sibling_metrics(worker_dir: str, index: int) -> list[str]:
 
 
 def merge(texts: list[str]) -> str:
-    """Sum Prometheus text expositions sample by sample; comments kept once per family, first-seen order."""
+    """Sum Prometheus text expositions sample by sample (a summary's quantiles: the largest); comments kept
+    once per family, first-seen order."""
     families: dict[str, list[str]] = {}  # family -> its # HELP / # TYPE lines
     samples: dict[str, dict[str, float]] = {}  # family -> series (name + labels) -> summed value
     for text in texts:
@@ -63,7 +64,10 @@ def merge(texts: list[str]) -> str:
                 continue
             series, _, value = line.rpartition(" ")
             bucket = samples.setdefault(family, {})
-            bucket[series] = bucket.get(series, 0.0) + float(value)
+            if f"# TYPE {family} summary" in families.get(family, ()):  # quantiles (loop lag): the worst worker
+                bucket[series] = max(bucket.get(series, float("-inf")), float(value))
+            else:
+                bucket[series] = bucket.get(series, 0.0) + float(value)
     out = []
     for family in dict.fromkeys([*families, *samples]):
         out.extend(families.get(family, []))

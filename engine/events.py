@@ -231,7 +231,7 @@ class ToolResult(Input):
     tool_call_id: str = ""
     body: str = ""  # what the LLM will read (JSON text where the tool returned JSON)
     ok: bool = True
-    error: str | None = None  # timeout | http_500 | not_json | too_large | exception | cancelled
+    error: str | None = None  # timeout | http_500 | redirect | not_json | too_large | exception | cancelled
     cached: bool = False
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from engine import policy
 from engine.events import ToolSpec
@@ -210,6 +210,27 @@ class Flow(Strict):
     nodes: dict[str, Node] = {}
     #: What the keyless local providers say: the caller's lines, the scripted replies, their latency.
     local: LocalScript = LocalScript()
+
+    #: The flow as a log may keep it (engine/flowload.py fills it): environment values masked. Unset for a
+    #: flow built in code, which took nothing from the environment.
+    _log_record: dict[str, Any] | None = PrivateAttr(default=None)
+    _env_values: tuple[str, ...] = PrivateAttr(default=())
+
+    def __eq__(self, other: object) -> bool:
+        # Where values came from (the two private attributes) is not part of what a flow is
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # as BaseModel: mutable, unhashable
+
+    def set_log_record(self, record: dict[str, Any], env_values: tuple[str, ...]) -> None:
+        self._log_record, self._env_values = record, env_values
+
+    def env_values(self) -> tuple[str, ...]:
+        """The values this flow took from the environment: secrets, to mask wherever text leaves."""
+        return self._env_values
+
+    def log_record(self) -> dict[str, Any]:
+        return self._log_record if self._log_record is not None else self.model_dump(mode="json")
 
     def tool_specs(self, names: list[str] | None = None) -> tuple[ToolSpec, ...]:
         chosen = self.tools if names is None else {n: self.tools[n] for n in names if n in self.tools}

@@ -26,7 +26,6 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, Union
 
 import yaml
@@ -34,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from engine.flow import Flow
 from engine.flowcheck import Checks
+from engine.textfile import TextFileError, read_text
 
 Loc = tuple[str | int, ...]
 M = typing.TypeVar("M", bound=BaseModel)
@@ -82,6 +82,8 @@ class Report:
     flow: Flow | None = None
     #: The validated document when it is not a flow (check_document), None on errors.
     value: Any = None
+    #: every value the environment supplied (to mask wherever the flow is shown or stored)
+    env_values: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -99,11 +101,9 @@ def check_flow(path: str | os.PathLike[str], env: Mapping[str, str] | None = Non
                providers: ProviderTable | None = None) -> Report:
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return Report(name, [f"{name}: not UTF-8 text"])
-    except OSError as exc:  # "No such file or directory", "Is a directory", "Permission denied"
-        return Report(name, [f"{name}: cannot read ({exc.strerror})"])
+        text = read_text(path)
+    except TextFileError as exc:
+        return Report(name, [str(exc)])
     return check_text(text, name, env, providers)
 
 
@@ -168,9 +168,11 @@ class _Loader:
         self.warnings: list[_Issue] = []
         self.unbuilt: set[Loc] = set()  # values kept as written (a failed ${VAR}, a bad tag)
         self.secrets: dict[Loc, list[str]] = {}  # what the environment put where, to keep it out of messages
+        self.sources: dict[Loc, str] = {}  # the text as written (with its ${VAR}) where the environment put a value
         self.root: yaml.Node | None = None
         self.ctor = yaml.constructor.SafeConstructor()
         self.count = 0
+        self.built: set[int] = set()
 
     def run(self, text: str, model: type[BaseModel] = Flow, check: Check | None = None) -> Report:
         report = Report(self.name)
@@ -199,7 +201,9 @@ class _Loader:
         try:
             data = self.build(self.root, (), frozenset())
         except _TooBig:
-            return Report(self.name, [f"{self.name}: too large once aliases are expanded"])
+            expanded = " once aliases are expanded" if len(self.built) < self.count else ""
+            return Report(self.name, [f"{self.name}: too large: over {_MAX_NODES} YAML nodes{expanded} "
+                                      "(a flow is a few hundred)"])
         if model is Flow:
             self.check_providers(data)  # first: it turns plain scalars into text where an option wants a string
         value = self.validate(model, data)
@@ -214,7 +218,22 @@ class _Loader:
         if not report.errors:
             report.value = value
             report.flow = value if isinstance(value, Flow) else None
+        report.env_values = [v for values in self.secrets.values() for v in values if v]
+        if report.flow is not None:
+            report.flow.set_log_record(self.masked(report.flow), tuple(report.env_values))
         return report
+
+    def masked(self, flow: Flow) -> dict[str, Any]:
+        """The flow as a log may keep it: each value the environment supplied shown as written (``${VAR}``)."""
+        record = flow.model_dump(mode="json")
+        for path, text in self.sources.items():
+            node: Any = record
+            for step in path[:-1]:
+                node = _child(node, step)
+            if (isinstance(node, dict) and path and path[-1] in node) or \
+                    (isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)):
+                node[path[-1]] = text
+        return record
 
     def format(self, i: _Issue) -> str:
         message = i.message
@@ -248,6 +267,7 @@ class _Loader:
 
     def build(self, node: yaml.Node, path: Loc, stack: frozenset[int]) -> Any:
         self.count += 1
+        self.built.add(id(node))  # fewer ids than builds: aliases were expanded
         if self.count > _MAX_NODES:
             raise _TooBig
         if isinstance(node, yaml.ScalarNode):
@@ -289,6 +309,7 @@ class _Loader:
                 problems.append(f"environment variable {ref.group(1)} is not set")
                 return m.group(0)
             self.secrets.setdefault(path, []).append(value)
+            self.sources[path] = text
             return value
 
         result = _REF.sub(sub, text)
@@ -373,6 +394,12 @@ class _Loader:
     def warn(self, path: Loc, message: str) -> None:
         m = self.locate(path)[1]
         self.warnings.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path))
+
+
+def _child(node: Any, step: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(step)
+    return node[step] if isinstance(node, list) and isinstance(step, int) and step < len(node) else None
 
 
 def format_path(path: Loc) -> str:

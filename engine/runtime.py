@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,9 @@ log = logging.getLogger("callstate.runtime")
 #: fine enough to cut heard text at about a word.
 CHUNK_MS = 200
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+#: A TTS that sends no audio for this long (first byte, or between chunks) is cut: a provider socket that
+#: stays open and silent must not hold the call's voice forever (issue 11). Real first bytes take ~0.1-0.5 s.
+TTS_SILENCE_S = 5.0
 #: Frames a message to the STT while the caller is silent: 100 ms, inside Deepgram's advice of 20-250 ms a
 #: message; silence is only context for the recognizer, so holding it costs no turn any time.
 SILENT_BATCH_FRAMES = 5
@@ -79,12 +82,30 @@ class CallStats:
     barge_in_us: list[int] = field(default_factory=list)  # input that confirmed a barge-in -> clear sent
 
 
+@dataclass(frozen=True)
+class CallLimits:
+    """What one call may write to the log. A peer can send marks, bad frames and DTMF as fast as it likes
+    (issue 11: 1,500 marks of 60 KB made a 92 MB log for a 2.7 s call): past ``events`` logged events or
+    ``input_bytes`` of input text the call is ended (outcome ``limit``); a mark name longer than
+    ``mark_name_chars`` cannot be one we sent and is dropped. Each hit is counted and logged once per call.
+    The defaults sit far above a real call: max_call_ms (10 min) of talk logs a few thousand events."""
+
+    events: int = 50_000
+    input_bytes: int = 4_000_000
+    mark_name_chars: int = 64
+
+
+#: CallEnded reasons that are not the caller hanging up, and the outcome each gives the call.
+_OUTCOMES = {"shutdown": "shutdown", "error": "error", "limit_events": "limit", "limit_input_bytes": "limit"}
+
+
 class LiveCall:
     """One live call: implements engine.ports.CallHandle for the phone bridge."""
 
     def __init__(self, *, call_id: str, flow: Flow, providers: Providers, phone: Phone, store: Store,
                  seed: int, params: dict[str, str], call_sid: str = "", stream_sid: str = "",
-                 on_step: Callable[[LiveCall, ev.Input, list[ev.Effect], str, int], None] | None = None) -> None:
+                 on_step: Callable[[LiveCall, ev.Input, list[ev.Effect], str, int], None] | None = None,
+                 limits: CallLimits = CallLimits(), on_limit: Callable[[str], None] | None = None) -> None:
         self.call_id, self.flow, self.p, self.phone, self.store = call_id, flow, providers, phone, store
         self.machine = CallMachine(flow, call_id=call_id)
         self.loop = asyncio.get_running_loop()
@@ -112,6 +133,10 @@ class LiveCall:
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
+        self.limits, self.on_limit = limits, on_limit
+        self.limits_hit: set[str] = set()
+        self.cut = False  # a limit ended the call: nothing but its CallEnded goes in any more
+        self.input_bytes = 0
         self.emit(ev.CallStarted(t_ms=0, call_sid=call_sid, stream_sid=stream_sid, params=params, seed=seed))
         self.main = asyncio.create_task(self._run(), name=f"call {call_id}")
 
@@ -122,9 +147,12 @@ class LiveCall:
 
     def emit(self, event: ev.Input, payload: bytes | None = None) -> None:
         """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine)."""
-        if self.done.is_set():
+        if self.done.is_set() or (self.cut and not isinstance(event, ev.CallEnded)):
             return
         if isinstance(event, ev.PlaybackMark) and event.cause is None:
+            if len(event.name) > self.limits.mark_name_chars:  # not a name we sent: never logged
+                self._limit_hit("mark_name", f"mark names over {self.limits.mark_name_chars} characters dropped")
+                return
             event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.marks.get(event.name))
         stamped = _restamp(event, self.now_ms())
         self.inbox.put_nowait((stamped, payload))
@@ -167,12 +195,15 @@ class LiveCall:
         try:
             while True:
                 event, payload = await self.inbox.get()
+                if self.cut and not isinstance(event, ev.CallEnded):
+                    continue  # queued before a limit ended the call: never fed, never logged
                 started = time.perf_counter_ns()
                 before = self.machine.state
                 stamped, effects = self.machine.step(event)
                 self.store.append(self.call_id, stamped)
                 for effect in effects:
                     self.store.append(self.call_id, effect)
+                self._count(stamped, effects)
                 for effect in effects:
                     if isinstance(effect, ev.SendAudio) and payload is not None:
                         self._spawn(self.phone.send_audio(payload))  # this input's audio, allowed out
@@ -190,6 +221,8 @@ class LiveCall:
                     # turn so the tasks this step spawned (a barge-in's clear) reach their sockets first.
                     self.loop.call_soon(self.store.flush)
                 if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
+                    if self.outcome == "caller_hung_up":  # no Hangup or Transfer of ours ended it
+                        self.outcome = _OUTCOMES.get(stamped.reason, self.outcome)
                     if stamped.reason not in ("stop", "ws_closed_without_stop", "hangup", "transfer"):
                         # ended from our side (shutdown): hang up, or the caller hears silence forever
                         with contextlib.suppress(Exception):
@@ -210,6 +243,29 @@ class LiveCall:
                 await asyncio.wait_for(self.stt.close(), 1.0)
             self.done.set()
             self._close_log()
+
+    # ------------------------------------------------------------------------------ per-call limits
+
+    def _count(self, stamped: ev.Input, effects: list[ev.Effect]) -> None:
+        self.input_bytes += _text_size(stamped)
+        last_seq = effects[-1].seq if effects else stamped.seq
+        if last_seq >= self.limits.events:
+            self._cut("events", f"{last_seq} events logged (limit {self.limits.events})")
+        elif self.input_bytes >= self.limits.input_bytes:
+            self._cut("input_bytes", f"{self.input_bytes} bytes of input (limit {self.limits.input_bytes})")
+
+    def _cut(self, what: str, detail: str) -> None:
+        if not self.cut:
+            self.cut = True
+            self._limit_hit(what, f"{detail}; ending the call")
+            self.inbox.put_nowait((ev.CallEnded(t_ms=self.now_ms(), reason=f"limit_{what}"), None))
+
+    def _limit_hit(self, what: str, detail: str) -> None:
+        if what not in self.limits_hit:
+            self.limits_hit.add(what)
+            log.warning("call %s: per-call limit: %s", self.call_id, detail)
+        if self.on_limit is not None:
+            self.on_limit(what)
 
     def _close_log(self) -> None:
         try:
@@ -316,7 +372,7 @@ class LiveCall:
                 continue
             try:
                 buf = b""
-                async for chunk in tts.synthesize(speak):
+                async for chunk in _paced(tts.synthesize(speak), TTS_SILENCE_S):
                     buf += chunk
                     if not sent or len(buf) >= CHUNK_MS * 8:
                         self._emit_audio(speak, buf)
@@ -328,7 +384,8 @@ class LiveCall:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.emit(ev.ProviderNotice(t_ms=0, provider="tts", what="error", detail=_safe(exc)))
+                what = "timeout" if isinstance(exc, TimeoutError) else "error"
+                self.emit(ev.ProviderNotice(t_ms=0, provider="tts", what=what, detail=_safe(exc)))
                 if sent:
                     break  # half a sentence from one voice and the rest from another is worse than a cut
         self.emit(ev.TtsError(t_ms=0, cause=speak.seq, message="tts failed"))
@@ -378,6 +435,38 @@ class LiveCall:
                     await self.stt.speech_stopped()
             except Exception as exc:
                 self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
+
+
+_TEXT_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _text_size(event: ev.Event) -> int:
+    """The length of an event's text fields (mark names, transcripts, tokens, notices): what a peer can
+    make large. Field names are found once per event type."""
+    names = _TEXT_FIELDS.get(type(event))
+    if names is None:
+        names = _TEXT_FIELDS[type(event)] = tuple(
+            f.name for f in dataclasses.fields(event) if f.type in ("str", "str | None"))
+    return sum(len(getattr(event, n) or "") for n in names)
+
+
+async def _paced(chunks: AsyncIterator[bytes], silence_s: float) -> AsyncIterator[bytes]:
+    """``chunks``, failing with TimeoutError when the next one takes longer than ``silence_s``."""
+    it = aiter(chunks)
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(it), silence_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise TimeoutError(f"no audio for {silence_s:g} s") from None
+            yield chunk
+    finally:
+        closer = getattr(it, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
 
 
 def _restamp(event: ev.Input, t_ms: int) -> ev.Input:

@@ -48,6 +48,7 @@ import sqlite_utils
 
 from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
 from engine.logwriter import LogWriter
+from engine.redact import Redactor
 
 log = logging.getLogger("callstate.store")
 
@@ -149,6 +150,7 @@ class Store(ABC):
         self.owner = owner or new_owner_id()
         self._leased = False
         self.writer: LogWriter | None = None
+        self.redact: Redactor = Redactor()  # secrets masked in every row and meta written from now on
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
         """Hold (or extend) this owner's lease for lease_s seconds from now, by the database's clock."""
@@ -183,11 +185,14 @@ class Store(ABC):
             raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
         lease = not self._leased  # a writer without a keeper (engine call, demo) still owns what it opens
         self._leased = True
+        meta = meta or {}
+        if self.redact:
+            meta = json.loads(self.redact(json.dumps(meta)))
 
         def insert() -> None:  # on the writer thread when there is one: a locked log never blocks the caller
             if lease:
                 self._renew(DEFAULT_LEASE_S)
-            self._insert_call(call_id, started_at, flow, meta or {})
+            self._insert_call(call_id, started_at, flow, meta)
         self._run(insert, 0, f"open_call({call_id!r})")
         self._next_seq[call_id] = 1
 
@@ -228,13 +233,24 @@ class Store(ABC):
     def pending_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's envelopes appended but not yet handed to the writer (a live call's tail). Taken in the
         appending thread; with ``load_records`` (which waits for what was handed over) it is the whole log."""
-        return [to_record(cid, e) for cid, e in self._pending if cid == call_id]
+        return [self.envelope(cid, e) for cid, e in self._pending if cid == call_id]
+
+    def envelope(self, call_id: str, event: Event) -> dict[str, Any]:
+        """The event's envelope exactly as the log will hold it: secrets masked (what a reader may see)."""
+        record = to_record(call_id, event)
+        if self.redact:
+            record["data"] = json.loads(self.redact(_encode(record["data"])))
+        return record
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.
         rows = [_row(call_id, event) for call_id, event in self._pending]
         what = f"close_call({end[0]!r})" if end else "flush"
-        self._run(lambda: self._write_open(rows, end), len(rows), what)
+        redact = self.redact
+
+        def write() -> None:  # masking runs here: on the writer thread once there is one
+            self._write_open([(*r[:5], redact(r[5]), r[6]) for r in rows] if redact else rows, end)
+        self._run(write, len(rows), what)
         self._pending.clear()
 
     def _write_open(self, rows: list[Row], end: End | None) -> None:
@@ -296,6 +312,11 @@ class Store(ABC):
     def list_calls(self, since: str | None = None) -> list[CallRow]:
         self.drain()
         return self._list_calls(since)
+
+    def call_sids(self) -> list[tuple[str, str]]:
+        """(call_id, the CallSid in its meta, or "") for every call, oldest first: what a server reads once
+        at start so that choosing a live call's id never reads the log. Backends may answer it cheaper."""
+        return [(r.call_id, str(r.meta.get("call_sid") or "")) for r in self.list_calls()]
 
     @abstractmethod
     def _list_calls(self, since: str | None) -> list[CallRow]: ...
@@ -524,6 +545,12 @@ class SqliteStore(Store):
         marks = ", ".join("?" * len(ids))
         started = dict(self._query(f"SELECT call_id, started_at FROM calls WHERE call_id IN ({marks})", tuple(ids)))
         return lambda i: (started.get(i, ""), i)
+
+    def call_sids(self) -> list[tuple[str, str]]:
+        self.drain()
+        rows = self._query("SELECT call_id, CASE WHEN json_valid(meta) THEN json_extract(meta, '$.call_sid') END "
+                           "FROM calls ORDER BY started_at, call_id")
+        return [(call_id, sid if isinstance(sid, str) else "") for call_id, sid in rows]
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
         where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.flow import Flow, ScriptedReply
 from engine.flowcheck import unknown_name
 from engine.flowload import Report, check_document
+from engine.textfile import TextFileError, read_text
 
 
 class _Strict(BaseModel):
@@ -83,11 +84,9 @@ def check_script(path: str | Path, flow: Flow | None = None) -> Report:
     flow's: a canned `reserve_tabel` would otherwise be ignored and the real webhook called."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return Report(name, [f"{name}: not UTF-8 text"])
-    except OSError as exc:
-        return Report(name, [f"{name}: cannot read ({exc.strerror})"])
+        text = read_text(path)  # bounded: /dev/zero is a one-line error, not a MemoryError
+    except TextFileError as exc:
+        return Report(name, [str(exc)])
 
     def tools_exist(data: dict[str, Any], error: Any, _warn: Any) -> None:
         if flow is None:

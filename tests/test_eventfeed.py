@@ -227,3 +227,24 @@ async def test_local_feed_has_no_gap_and_no_repeat_between_backlog_and_live() ->
     assert feed.subs == {}
     backlog, ended = await feed.backlog("c")
     assert [r["seq"] for r in backlog] == [1, 2, 3, 4] and ended
+
+
+async def test_the_stream_masks_secrets_as_the_log_does() -> None:
+    from callstate.eventfeed import LocalFeed
+    from engine import events as ev
+    from engine.redact import Redactor
+    from engine.store import MemoryStore
+
+    store = MemoryStore()
+    store.redact = Redactor(["sk-live-123456"])
+    store.open_call("c", started_at="2026-12-02T00:00:00+00:00", flow="f")
+    feed = LocalFeed(store)
+    sub = feed.subscribe("c")
+    leak = ev.ProviderNotice(t_ms=0, seq=1, provider="llm", what="error", detail="401 for key sk-live-123456")
+    store.append("c", leak)
+    tail, _ = await feed.backlog("c")  # still buffered
+    store.close_call("c", outcome="hangup", ended_t_ms=0, turns=0)
+    live = [r async for r in sub]
+    logged = store.load_records("c")
+    assert tail == live == logged
+    assert "sk-live" not in json.dumps(live) and "***" in live[0]["data"]["detail"]

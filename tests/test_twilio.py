@@ -253,7 +253,7 @@ async def test_twiml_connects_a_stream_to_public_url_with_parameters() -> None:
     ({"Host": "agent.local:8080"}, "ws://agent.local:8080/media"),
 ])
 async def test_twiml_host_from_proxy_headers(headers: dict[str, str], expected: str) -> None:
-    async with serve(create_app(on_call=Calls(), auth_token=None)) as host:
+    async with serve(create_app(on_call=Calls(), auth_token=None, trusted_proxies=frozenset({"127.0.0.1"}))) as host:
         _, _, xml = await post_twiml(host, form=FORM, headers=headers)
     assert stream_of(xml)[0] == expected
 
@@ -288,7 +288,7 @@ async def test_twiml_signature(headers: dict[str, str], status: int, caplog: pyt
 
 async def test_twiml_signature_rebuilt_from_proxy_headers() -> None:
     proxy = {"X-Forwarded-Host": "abc.ngrok.app", "X-Forwarded-Proto": "https"}
-    async with serve(create_app(on_call=Calls(), auth_token=TOKEN)) as host:
+    async with serve(create_app(on_call=Calls(), auth_token=TOKEN, trusted_proxies=frozenset({"127.0.0.1"}))) as host:
         ok = await post_twiml(host, form=FORM, headers={**proxy, **sign("https://abc.ngrok.app/twiml", FORM)})
         bad = await post_twiml(host, form=FORM, headers={**proxy, **sign(f"http://{host}/twiml", FORM)})
     assert (ok[0], bad[0]) == (200, 403)
@@ -323,7 +323,8 @@ async def test_media_upgrade_signature(headers: dict[str, str], ok: bool, caplog
 
 async def test_media_signature_behind_proxy_uses_forwarded_host() -> None:
     proxy = {"X-Forwarded-Host": "abc.ngrok.app", "X-Forwarded-Proto": "https"}
-    async with twilio_side(Calls(), headers={**proxy, **sign("wss://abc.ngrok.app/media")}, auth_token=TOKEN) as (_, c):
+    async with twilio_side(Calls(), headers={**proxy, **sign("wss://abc.ngrok.app/media")}, auth_token=TOKEN,
+                           trusted_proxies=frozenset({"127.0.0.1"})) as (_, c):
         assert c.calls[0].info.call_sid == CALL
 
 

@@ -10,11 +10,13 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from callstate import eventloop
+from adapters.twilio import StreamLimits
+from callstate import eventloop, logsetup
 from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB
 from callstate.phoneauth import API_KEY_ENV, SECRET_ENV
 from callstate.providers import KINDS, ChoiceError, build_providers, choose, missing_keys, names, refusals
+from callstate.server import Limits
 from engine.store import DEFAULT_LEASE_S, StoreError
 
 HELP = "serve live calls: POST /twiml, WebSocket /media, /healthz, /metrics"
@@ -27,12 +29,20 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
-    p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); "
-                   "default: from the Host / X-Forwarded-* headers")
+    p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); default: the "
+                   "request's Host (X-Forwarded-Proto/-Host only from a --trusted-proxy)")
     p.add_argument("--insecure-skip-signature", action="store_true",
                    help="accept requests without a valid X-Twilio-Signature (local work only; without it, "
                    "serve refuses to start unless TWILIO_AUTH_TOKEN is set)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long live calls may go on")
+    p.add_argument("--trusted-proxy", action="append", default=[], metavar="IP",
+                   help="a reverse proxy (e.g. 127.0.0.1 for ngrok) whose X-Forwarded-Proto/-Host are believed; "
+                        "repeatable. Without one (and without --public-url) the URL is this request's own")
+    p.add_argument("--max-connections", type=int, default=Limits.max_connections,
+                   help=f"open connections at most; more are refused (default {Limits.max_connections})")
+    p.add_argument("--stream-start-timeout-s", type=float, default=StreamLimits.start_s,
+                   help="a Media Stream must send `start` this soon after the upgrade "
+                        f"(default {StreamLimits.start_s:g})")
     p.add_argument("--workers", default="1", help="worker processes sharing the port (SO_REUSEPORT) under a "
                    "supervisor that restarts a dead one; `auto` = one per core (default 1)")
     p.add_argument("--lease-s", type=float, default=DEFAULT_LEASE_S,
@@ -164,17 +174,23 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
             store.close()
             raise
     store.renew_lease(args.lease_s)  # before any call: our calls are ours from the first one
+    limits = Limits(max_connections=args.max_connections,
+                    stream=StreamLimits(start_s=args.stream_start_timeout_s))
     server = Server(flow, build_providers(flow, os.environ), store, auth_token=token,
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
-                    worker_index=args.worker_index, phone=phone, api_key=os.environ.get(API_KEY_ENV))
+                    worker_index=args.worker_index, phone=phone, api_key=os.environ.get(API_KEY_ENV),
+                    trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
+    logsetup.mask(server.redact)  # no secret in the console either
+    server.guard.fit_file_limit()
     try:
         runner, port = await start(server, args.host, args.port, reuse_port=args.worker_dir is not None)
     except OSError as exc:
         await server.providers.aclose()
         store.release_lease()
         store.close()
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
+        print(f"error: cannot listen on {args.host}:{args.port}: {why}", file=sys.stderr)
         return 1
     if args.worker_dir is None:
         store.claim(f"engine serve on http://{args.host}:{port} since "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 HELP = "check flow and call-script YAML files (all errors at once, with file:line:column)"
 
@@ -18,11 +17,12 @@ def _check(path: str):  # type: ignore[no-untyped-def]
     """A flow's report, or a call script's: the script itself, then its flow, then its tools against the flow."""
     from callstate.flows import FlowError, check_flow, resolve_flow
     from engine.flowload import Report
+    from engine.textfile import TextFileError, read_text
     from sim.script import check_script, is_script, script_flow
 
     try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")[:1_000_000]
-    except OSError:
+        text: str | None = read_text(path)  # bounded: `engine validate /dev/zero` is one line, not a hang
+    except TextFileError:
         text = None  # check_flow says why
     if not is_script(path, text):
         return check_flow(path), ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Self
 
 from aiohttp import web
@@ -50,6 +50,18 @@ class FakeServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+class Routes(FakeServer):
+    """A one-off server from (method, path, handler) triples: a webhook, a redirecting host."""
+
+    def __init__(self, *routes: tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]) -> None:
+        super().__init__()
+        self._routes = routes
+
+    def routes(self, app: web.Application) -> None:
+        for method, path, handler in self._routes:
+            app.router.add_route(method, path, handler)
 
 
 def _ulaw(sample: int) -> int:

@@ -1,0 +1,26 @@
+"""Which values are secrets for `engine serve`, and the flow as the log may keep it.
+
+Secrets: every value a flow took from the environment (webhook headers, HMAC secrets, keys in URLs), and
+every environment variable whose name says it holds a credential (provider keys, TWILIO_AUTH_TOKEN). They are
+masked in the log's rows and meta (engine/redact.py) and in the server's console output (callstate/logsetup.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from engine.flow import Flow
+
+_CREDENTIAL = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH|CREDENTIAL)", re.I)
+
+
+def logged_flow(flow: Flow) -> dict[str, Any]:
+    """The flow as stored in each call's meta: values from the environment masked (as ``${VAR}``)."""
+    return flow.log_record()
+
+
+def secret_values(environ: Mapping[str, str], flow_env_values: Iterable[str] = ()) -> list[str]:
+    named = [v for k, v in environ.items() if _CREDENTIAL.search(k) and v]
+    return sorted({*named, *flow_env_values})
