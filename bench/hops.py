@@ -8,8 +8,8 @@ The fakes (bench/fakes.py, no delays) run in a child process, so their CPU is no
 
 - llm: ``GroqLlm.stream`` of one request (a system prompt and 6 prior turns) streamed back in 12 chunks,
   one after another; also per chunk.
-- stt: ``DeepgramSttSession.send_audio`` of one 20 ms frame (the runtime's STT pump, per call 50 a second),
-  in the batches the runtime hands over (``STT_BATCH`` frames a message where it batches).
+- stt: ``DeepgramSttSession.send_audio`` per 20 ms of audio (per call 50 a second), in the batches the runtime
+  hands over in the caller's long silences (``batch_frames`` a message; speech goes frame by frame).
 - inbound: one Twilio media frame: ``adapters.twilio.decode`` of its JSON, then the local VAD.
 """
 
@@ -104,7 +104,7 @@ async def stt_hop(url: str, n: int, rounds: int) -> str:
     from adapters.deepgram import DeepgramStt
 
     stt = DeepgramStt("bench-key", base_url=url)
-    batch = getattr(stt, "batch_frames", 1)  # what the runtime joins per message while the caller speaks
+    batch = getattr(stt, "batch_frames", 1)  # what the runtime joins per message in the caller's silences
     session = stt.session(params={})
     await session.start(lambda _e: None)
 
@@ -116,7 +116,7 @@ async def stt_hop(url: str, n: int, rounds: int) -> str:
         _, unit, calls = await _rounds(rounds, n * 10 // batch, one)
     finally:
         await session.close()
-    return (f"stt: {unit:.1f} us CPU per 20 ms of speech sent, {batch} frame(s) a message "
+    return (f"stt: {unit:.1f} us CPU per 20 ms of audio sent {batch} frame(s) a message "
             f"(x50 per call-second: {unit * 50 / 1000:.2f} ms); {calls:.0f} Python calls per 20 ms")
 
 

@@ -28,8 +28,10 @@ class SttSession(Protocol):
 
 
 class Stt(Protocol):
-    """May also set ``batch_frames`` (default 1): how many 20 ms frames the runtime joins into one send_audio
-    (fewer, larger messages; audio is never held back across a speech_stopped)."""
+    """May also set ``batch_frames`` (default 1) and ``batch_after_ms``: in the caller's silences, from
+    ``batch_after_ms`` after their speech stopped (past the STT's own endpointing) until they speak again, the
+    runtime joins up to ``batch_frames`` 20 ms frames into one send_audio; speech goes frame by frame, and
+    nothing is held across a speech_stopped."""
 
     def session(self, *, params: dict[str, str]) -> SttSession: ...
 

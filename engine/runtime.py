@@ -38,9 +38,6 @@ FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
 #: A TTS that sends no audio for this long (first byte, or between chunks) is cut: a provider socket that
 #: stays open and silent must not hold the call's voice forever (issue 11). Real first bytes take ~0.1-0.5 s.
 TTS_SILENCE_S = 5.0
-#: Frames a message to the STT while the caller is silent: 100 ms, inside Deepgram's advice of 20-250 ms a
-#: message; silence is only context for the recognizer, so holding it costs no turn any time.
-SILENT_BATCH_FRAMES = 5
 
 
 class Vad(Protocol):
@@ -122,14 +119,14 @@ class LiveCall:
         self.vad = providers.vad()
         self.frames_in = 0
         self.stt_audio: asyncio.Queue[bytes | None] = asyncio.Queue()
-        # Frames joined per message to the STT where it costs no latency: the STT's own batch_frames
-        # (ports.Stt) while the caller speaks, SILENT_BATCH_FRAMES while the local VAD hears silence; held
-        # audio goes out before every finalize and at the caller's speech start. Only with finalize at the
-        # VAD's stop: without it the STT's own endpointing would wait for the held frames.
-        batch = max(1, getattr(providers.stt, "batch_frames", 1)) if providers.finalize_on_vad_stop else 1
-        self.stt_batch = (FRAME_BYTES * batch, FRAME_BYTES * (SILENT_BATCH_FRAMES if batch > 1 else 1))
+        # Audio to the STT is joined into fewer messages only where no turn can wait on it (ports.Stt:
+        # batch_frames, batch_after_ms): in the caller's long silences, from batch_after_ms after their speech
+        # stopped (past the STT's own endpointing) until it starts again; speech, and the silence an STT
+        # endpoints on, go frame by frame. Held audio goes out at the speech start and before any finalize.
+        self.stt_batch = FRAME_BYTES * max(1, getattr(providers.stt, "batch_frames", 1))
+        self.stt_batch_after_ms = getattr(providers.stt, "batch_after_ms", 0)
         self.stt_held = bytearray()
-        self.caller_speaking = False
+        self.caller_quiet_from: int | None = -self.stt_batch_after_ms  # None while the caller speaks
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
@@ -163,17 +160,18 @@ class LiveCall:
         self.frames_in += 1
         change = self.vad.feed(mulaw, t_audio)
         if change == "start":
-            self.caller_speaking = True
+            self.caller_quiet_from = None
             self.emit(ev.SpeechStarted(t_ms=0))
         elif change == "stop":
-            self.caller_speaking = False
+            self.caller_quiet_from = t_audio
             end = self.vad.stop_ms
             self.emit(ev.SpeechStopped(t_ms=0, end_ms=None if end is None else min(end, self.now_ms())))
             if self.p.finalize_on_vad_stop:
                 self._stt_release()  # never hold audio across a finalize: it would miss the final
                 self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
         self.stt_held += mulaw
-        if change == "start" or len(self.stt_held) >= self.stt_batch[not self.caller_speaking]:
+        quiet = self.caller_quiet_from
+        if quiet is None or t_audio - quiet < self.stt_batch_after_ms or len(self.stt_held) >= self.stt_batch:
             self._stt_release()
 
     def _stt_release(self) -> None:
@@ -415,7 +413,7 @@ class LiveCall:
         # on the record: when the recognizer was ready (audio before that waits in stt_audio)
         self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="open",
                                     detail=f"ready in {(self.loop.time() - started) * 1000:.0f} ms"))
-        batching = self.stt_batch[1] > FRAME_BYTES
+        batching = self.stt_batch > FRAME_BYTES
         while True:
             frame = await self.stt_audio.get()
             finalize = frame == b""

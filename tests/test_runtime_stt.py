@@ -1,4 +1,4 @@
-"""engine/runtime.py's STT pump (issue 15): audio joined into fewer messages, never held across a finalize."""
+"""engine/runtime.py's STT pump (issue 15): silence joined into fewer messages where no turn waits on it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from callstate.providers import build_providers
 from engine import events as ev
 from engine.flowload import load_flow
-from engine.runtime import FRAME_BYTES, SILENT_BATCH_FRAMES, LiveCall
+from engine.runtime import FRAME_BYTES, LiveCall
 from engine.store import MemoryStore
 from tests.fakes.base import wait_for
 
@@ -35,7 +35,8 @@ class ScriptedVad:
 
 
 class RecordingStt:
-    batch_frames = 2
+    batch_frames = 5
+    batch_after_ms = 100  # the STT's own endpointing window after the caller stops
 
     def __init__(self) -> None:
         self.ops: list[tuple[str, bytes]] = []
@@ -64,7 +65,7 @@ class QuietPhone:
     async def transfer(self, to: str) -> None: ...
 
 
-async def test_stt_audio_goes_in_pairs_and_every_frame_before_the_stop_precedes_the_finalize() -> None:
+async def test_silence_goes_in_batches_speech_and_the_endpointing_window_frame_by_frame() -> None:
     flow = load_flow(Path(__file__).parent / "data/local_call.yaml")
     stt = RecordingStt()
     providers = dataclasses.replace(build_providers(flow, {}), stt=stt, vad=ScriptedVad, finalize_on_vad_stop=True)
@@ -76,8 +77,9 @@ async def test_stt_audio_goes_in_pairs_and_every_frame_before_the_stop_precedes_
     for frame in frames:
         call.audio_in(frame)
         await asyncio.sleep(0)  # the pump runs between frames, as when they come 20 ms apart
-    silent_after = (FRAMES - STOP_AT) // SILENT_BATCH_FRAMES * SILENT_BATCH_FRAMES  # whole batches only
-    await wait_for(lambda: sum(len(b) for _, b in stt.ops) >= (STOP_AT + silent_after) * FRAME_BYTES)
+    window = stt.batch_after_ms // 20  # frames after the stop that still go one by one
+    sent = STOP_AT + window + (FRAMES - STOP_AT - window) // 5 * 5
+    await wait_for(lambda: sum(len(b) for _, b in stt.ops) >= sent * FRAME_BYTES)
     call.emit(ev.CallEnded(t_ms=0, reason="stop"))
     await call.wait()
 
@@ -89,7 +91,6 @@ async def test_stt_audio_goes_in_pairs_and_every_frame_before_the_stop_precedes_
     after = b"".join(b for _, b in stt.ops[cut + 1:])
     assert (before + after) == b"".join(frames)[:len(before + after)]  # in order, nothing lost or repeated
     sizes = [len(b) // FRAME_BYTES for k, b in stt.ops if k == "audio"]
-    # silence before the speech in 100 ms messages, the onset at once, speech in pairs, the rest before the
-    # finalize, then silence in 100 ms messages again
-    assert sizes[:2] == [SILENT_BATCH_FRAMES, 1] and set(sizes[2:cut - 1]) == {2}
-    assert sizes[cut:] == [SILENT_BATCH_FRAMES] * (silent_after // SILENT_BATCH_FRAMES)
+    # the silence before any speech in batches; the onset and the speech one by one; after the stop, the
+    # STT's endpointing window one by one, then batches again
+    assert sizes == [5] + [1] * (STOP_AT - 5) + [1] * window + [5] * ((FRAMES - STOP_AT - window) // 5)
