@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from adapters.twilio import CallRefused, StreamLimits
-from callstate.eventfeed import Feed, LocalFeed, stream
+from callstate.eventfeed import LocalFeed, PgFeed, stream
 from callstate.guard import ConnectionGuard
 from callstate.metrics import Metrics, TurnClock
 from callstate.phoneauth import Access, PhoneTokens
@@ -23,7 +23,8 @@ from engine import events as ev
 from engine.flow import Flow
 from engine.redact import Redactor
 from engine.runtime import CallLimits, LiveCall, Providers
-from engine.store import Store, StoreError
+from engine.states import CallState
+from engine.store import Store, StoreError, is_postgres
 from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
@@ -69,13 +70,14 @@ class Server:
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
                  worker_index: int = 0, phone: bool = False, api_key: str | None = None,
                  trusted_proxies: frozenset[str] = frozenset(), limits: Limits = Limits(),
-                 environ: Mapping[str, str] | None = None, feed: Feed | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, db: str | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s, self.trusted_proxies, self.limits = grace_s, trusted_proxies, limits
         self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
         self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
+        self.db = db  # where the log is (a path or URL): a PostgreSQL log streams every host's calls
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
@@ -97,9 +99,8 @@ class Server:
         #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
         self.phone = phone
         self.access = Access(PhoneTokens() if phone else None, api_key)
-        #: Where /calls/{id}/events reads: given (e.g. a feed of calls on other hosts), else this process's
-        #: calls from the store's append hook (LocalFeed, built on first use: it needs the running loop).
-        self.feed: Feed | None = feed
+        self.feed: LocalFeed | None = None  # built with the app (it needs the running loop)
+        self.pg_feed: PgFeed | None = None  # calls of every host of a PostgreSQL log
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
@@ -135,9 +136,9 @@ class Server:
 
     def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
         self.metrics.observe_step(event, effects, us)
-        if before == "listening" and call.machine.state == "thinking":
+        if before == CallState.LISTENING and call.machine.view.state == CallState.THINKING:
             self.metrics.turns += 1
-        v2v = self.clocks[call.call_id].step(event, effects, before, call.machine.state)
+        v2v = self.clocks[call.call_id].observe(event, effects, before, call.machine.view.state)
         if v2v is not None:
             self.metrics.v2v.observe(v2v)
             log.info("call %s: agent answered, voice to voice %d ms", call.call_id, v2v,
@@ -200,9 +201,14 @@ class Server:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         self.access.check_reader(request)
+        call_id = request.match_info["call_id"]
         if self.feed is None:
             self.feed = LocalFeed(self.store)
-        return await stream(request, self.feed, request.match_info["call_id"])
+        if self.store.is_open_here(call_id) or self.db is None or not is_postgres(self.db):
+            return await stream(request, self.feed, call_id)  # live here: every event as it is appended
+        if self.pg_feed is None:  # a call of another host (or ended): the shared log, woken by NOTIFY
+            self.pg_feed = PgFeed(self.db)
+        return await stream(request, self.pg_feed, call_id)
 
     async def _timeline(self, request: web.Request) -> web.Response:
         from replay import html
@@ -266,11 +272,13 @@ class Server:
             log.info("draining %d call(s) for up to %.0f s", len(live), self.grace_s)
             await asyncio.wait([c.main for c in live], timeout=self.grace_s)
         for call in list(self.calls.values()):
-            call.emit(ev.CallEnded(t_ms=0, reason="shutdown"))
+            call.emit(ev.RuntimeFault(t_ms=0, reason="shutdown"))  # hung up by the machine, on the record
         if self.calls:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()
         await self.providers.aclose()
+        if self.pg_feed is not None:
+            await self.pg_feed.aclose()
         if self._lag_task is not None:
             self._lag_task.cancel()
 
