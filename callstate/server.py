@@ -18,7 +18,7 @@ from callstate.eventfeed import LocalFeed, stream
 from callstate.guard import ConnectionGuard
 from callstate.metrics import Metrics, TurnClock
 from callstate.phoneauth import Access, PhoneTokens
-from callstate.secrets import logged_flow, secret_values
+from callstate.secrets import logged_flow, replay_risks, secret_values
 from engine import events as ev
 from engine.flow import Flow
 from engine.redact import Redactor
@@ -90,6 +90,10 @@ class Server:
         self.flow_record = logged_flow(flow)
         self.redact = Redactor(secret_values(os.environ if environ is None else environ, flow.env_values()))
         store.redact = self.redact
+        for path in replay_risks(flow):
+            log.warning("flow %s: its value comes from the environment and is masked in the log, so a replay "
+                        "of these calls will differ where it is used (put secrets in webhooks, not in what "
+                        "the agent says)", path)
         #: GET /phone is served (and its tokens open /media) only when asked for: `engine talk`, `serve --phone`.
         self.phone = phone
         self.access = Access(PhoneTokens() if phone else None, api_key)

@@ -130,6 +130,7 @@ class LiveCall:
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
+        self.last_stamp = 0  # the latest t_ms handed out: stamps are monotonic
         self.limits, self.on_limit = limits, on_limit
         self.limits_hit: set[str] = set()
         self.cut = False  # a limit ended the call: nothing but its CallEnded goes in any more
@@ -142,8 +143,9 @@ class LiveCall:
     def now_ms(self) -> int:
         return int((self.loop.time() - self.t0) * 1000)
 
-    def emit(self, event: ev.Input, payload: bytes | None = None) -> None:
-        """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine)."""
+    def emit(self, event: ev.Input, payload: bytes | None = None, *, not_before: int = 0) -> None:
+        """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine). Stamps never
+        go back in time, and never before ``not_before`` (a timer's due time)."""
         if self.done.is_set() or (self.cut and not isinstance(event, ev.CallEnded)):
             return
         if isinstance(event, ev.PlaybackMark) and event.cause is None:
@@ -151,7 +153,8 @@ class LiveCall:
                 self._limit_hit("mark_name", f"mark names over {self.limits.mark_name_chars} characters dropped")
                 return
             event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.marks.get(event.name))
-        stamped = _restamp(event, self.now_ms())
+        self.last_stamp = max(self.now_ms(), not_before, self.last_stamp)
+        stamped = _restamp(event, self.last_stamp)
         self.inbox.put_nowait((stamped, payload))
 
     def audio_in(self, mulaw: bytes) -> None:
@@ -256,7 +259,8 @@ class LiveCall:
         if not self.cut:
             self.cut = True
             self._limit_hit(what, f"{detail}; ending the call")
-            self.inbox.put_nowait((ev.CallEnded(t_ms=self.now_ms(), reason=f"limit_{what}"), None))
+            ended = ev.CallEnded(t_ms=max(self.now_ms(), self.last_stamp), reason=f"limit_{what}")
+            self.inbox.put_nowait((ended, None))
 
     def _limit_hit(self, what: str, detail: str) -> None:
         if what not in self.limits_hit:
@@ -323,7 +327,9 @@ class LiveCall:
 
     def _timer_fired(self, e: ev.SetTimer) -> None:
         self.timers.pop(e.seq, None)
-        self.emit(e.fired(t_ms=0))
+        # uvloop's timers are millisecond-grained and can run a hair before at_ms by this clock (the soak saw
+        # fillers "699 ms into the turn"): on the record, a timer never fires before its time.
+        self.emit(e.fired(t_ms=0), not_before=e.at_ms)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

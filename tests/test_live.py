@@ -193,3 +193,35 @@ def test_kill_9_keeps_every_flushed_turn_and_marks_the_call_abandoned(tmp_path: 
     assert reproduce(flow, log).ok  # what was flushed is a whole prefix of the call
     assert [e.caller for e in log if isinstance(e, ev.Respond)][:1] == [flow.local.caller[0]]
     assert any(isinstance(e, ev.SendAudio) for e in log)  # the first turn's answer, flushed at its boundary
+
+
+def test_a_timer_run_early_by_the_loop_is_stamped_at_its_due_time_and_stamps_never_go_back() -> None:
+    """uvloop runs timers on a millisecond grid: one can run at 699.x ms for a due time of 700 (the soak's
+    "filler 699 ms into the turn"). The record must say 700, and nothing after it may say less."""
+    from engine.runtime import LiveCall
+    from engine.store import MemoryStore
+
+    class Phone:
+        async def send_audio(self, b: bytes) -> None: ...
+        async def send_mark(self, n: str) -> None: ...
+        async def clear(self) -> None: ...
+        async def hangup(self) -> None: ...
+        async def transfer(self, to: str) -> None: ...
+
+    async def scenario() -> list[ev.Input]:
+        flow = load_flow(LOCAL_FLOW)
+        store = MemoryStore()
+        store.open_call("c", started_at="2026-12-02T12:00:00+00:00", flow=flow.name)
+        call = LiveCall(call_id="c", flow=flow, providers=build_providers(flow, {}), phone=Phone(), store=store,
+                        seed=1, params={})
+        call.main.cancel()  # only the stamping is under test: nothing consumes the inbox
+        call.t0 = call.loop.time() - 0.6995  # the loop says 699.5 ms
+        call._timer_fired(ev.SetTimer(t_ms=0, seq=9, name="filler", at_ms=700))
+        call.emit(ev.Dtmf(t_ms=0, digit="1"))
+        out = []
+        while not call.inbox.empty():
+            out.append(call.inbox.get_nowait()[0])
+        return out
+
+    _started, fired, dtmf = asyncio.run(scenario())
+    assert isinstance(fired, ev.TimerFired) and fired.t_ms == 700 and dtmf.t_ms == 700

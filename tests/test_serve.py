@@ -158,3 +158,19 @@ def test_a_failure_in_one_call_ends_that_call_only(tmp_path: Path, monkeypatch: 
         assert len([e for e in second if isinstance(e, ev.Respond)]) == 2
 
     asyncio.run(_with_server(tmp_path, body))
+
+
+def test_a_masked_env_value_the_agent_reads_is_warned_at_start(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("GREET_TEXT", "Hello from the environment")
+    monkeypatch.setenv("HOOK_TOKEN", "tok-1234567")
+    flow_file = tmp_path / "f.yaml"
+    flow_file.write_text("name: x\ngreeting: ${GREET_TEXT}\nllm: {provider: local}\nstt: {provider: local}\n"
+                         "tts: {provider: local}\ntools:\n  t:\n    description: d\n    webhook:\n"
+                         "      url: http://127.0.0.1:1/x\n      headers: {Authorization: \"Bearer ${HOOK_TOKEN}\"}\n")
+    flow = load_flow(flow_file)
+    with caplog.at_level("WARNING"):
+        server = Server(flow, build_providers(flow, {}), SqliteStore(str(tmp_path / "c.db")), skip_signature=True)
+    warned = [r.getMessage() for r in caplog.records if "masked in the log" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("flow greeting:")  # the webhook's header is no risk
+    assert server.flow_record["greeting"] == "${GREET_TEXT}"
+    server.store.close()

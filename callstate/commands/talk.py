@@ -28,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
     args.host, args.phone, args.keyless = "127.0.0.1", True, True
     args.public_url, args.insecure_skip_signature, args.grace_s = None, False, 5.0
     args.workers, args.lease_s, args.worker_dir, args.worker_index = "1", DEFAULT_LEASE_S, None, 0
+    args.trusted_proxy, args.max_connections = [], serve.Limits.max_connections
+    args.stream_start_timeout_s = serve.StreamLimits.start_s
     return serve.run(args)
