@@ -1,25 +1,28 @@
-"""The call log's write path: SqliteStore append throughput with batching, and what one flush costs.
+"""The call log's write path: append throughput with batching, and what one flush costs, on SQLite or
+PostgreSQL, in log format 2 (a StartLlm row holds only the messages new since the previous request).
 
-    python bench/log_store.py [--calls 10] [--tiny]
+    python bench/log_store.py [--calls 10] [--db sqlite|postgresql://...] [--tiny]
 
 The events are a real log: bench/replay_speed.py's synthetic 10-minute call (about 10,500 events: audio
 chunks, marks, tokens, transcripts, timers, StartLlm with its messages), copied under ``--calls`` call ids
-into a fresh SQLite file on this machine's disk (WAL, synchronous=NORMAL, as `engine serve` opens it).
+into a fresh SQLite file on this machine's disk (WAL, synchronous=NORMAL, as `engine serve` opens it), or
+with ``--db URL`` a fresh schema of that PostgreSQL database (each flush one transaction, commit durable).
+Writes are timed where the store does them (synchronously here; `engine serve` does them on its writer
+thread, off the event loop).
 
 - append only: ``Store.append`` (the runtime's hot path: a seq check and a list append).
 - runtime policy: append every event and flush where engine/runtime.py flushes (the agent's turn ends:
   a step that moves the machine back to listening, and CallEnded), calls one after another. Throughput is
   events / (append + flush) time; each flush's duration is recorded (median, p99) with its batch size.
 - fixed batches: flush every 1, 10, 100, 1000 events, to show what batching buys.
-- what-if ``--startllm-delta``: the same log with each StartLlm carrying only the messages added since the
-  previous StartLlm (a proposed log format: the history is in the log once, not once per LLM request).
+- bytes per call in format 2, and what format 1 (whole history in every StartLlm) would have written.
 ``--tiny``: a 1-minute call, 2 copies.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -29,11 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import DATE, commit, pct
+from bench.harness import DATE, commit, fresh_log, pct
 from bench.replay_speed import synthetic_call
 from engine import events as ev
 from engine.machine import CallMachine
-from engine.store import SqliteStore, _row
+from engine.store import Store, _row, open_store
 
 
 def turn_ends(flow, log: list[ev.Event]) -> set[int]:  # type: ignore[no-untyped-def]
@@ -52,26 +55,7 @@ def turn_ends(flow, log: list[ev.Event]) -> set[int]:  # type: ignore[no-untyped
     return ends
 
 
-def delta_log(log: list[ev.Event]) -> list[ev.Event]:
-    """Each StartLlm with only the messages its predecessor did not have (its system message kept)."""
-    out: list[ev.Event] = []
-    prev: tuple[ev.Message, ...] = ()
-    for e in log:
-        if isinstance(e, ev.StartLlm):
-            common = 0
-            while common < min(len(prev), len(e.messages)) and prev[common] == e.messages[common]:
-                common += 1
-            prev = e.messages
-            e = dataclasses.replace(e, messages=e.messages[:1] + e.messages[max(1, common):])
-        out.append(e)
-    return out
-
-
-def fresh(tmp: Path, name: str) -> SqliteStore:
-    return SqliteStore(tmp / f"{name}.db")
-
-
-def open_calls(store: SqliteStore, n: int) -> list[str]:
+def open_calls(store: Store, n: int) -> list[str]:
     ids = [f"call-{i:04d}" for i in range(n)]
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
     for cid in ids:
@@ -83,29 +67,33 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--minutes", type=float, default=10)
-    ap.add_argument("--startllm-delta", action="store_true", help="what-if: StartLlm logs only new messages")
+    ap.add_argument("--db", default="sqlite", help="sqlite (default) or a postgresql:// URL (a fresh schema)")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args()
     if args.tiny:
         args.calls, args.minutes = 2, 1
     flow, log = synthetic_call(args.minutes)
     ends = turn_ends(flow, log)
-    if args.startllm_delta:
-        log = delta_log(log)
     n = len(log) * args.calls
-    what_if = "  (what-if: StartLlm delta)" if args.startllm_delta else ""
-    print(f"bench/log_store.py  date {DATE}  commit {commit()}{what_if}")
+    store_name = "SQLite" if args.db == "sqlite" else "PostgreSQL"
+    print(f"bench/log_store.py  date {DATE}  commit {commit()}  log in {store_name}, format 2")
     print(f"log: {len(log)} events a call x {args.calls} calls = {n:,} events; {len(ends)} flushes a call")
-    rows = [_row("c", e) for e in log]
+    prev: dict[str, tuple[ev.Message, ...]] = {}  # one call's history, as the store keeps it
+    rows = [_row("c", e, prev) for e in log]
     size = sum(len(r[5]) for r in rows)
+    v1_size = sum(len(r[5]) for r in (_row("c", e) for e in log))
     llm = [len(r[5]) for e, r in zip(log, rows, strict=True) if isinstance(e, ev.StartLlm)]
     last = max((len(e.messages) for e in log if isinstance(e, ev.StartLlm)), default=0)
     print(f"data per call: {size / 1e6:.2f} MB, of which StartLlm {sum(llm) / size:.0%} ({len(llm)} requests, "
-          f"up to {last} messages each)")
-    with tempfile.TemporaryDirectory(prefix="callstate-log-", dir="/var/tmp") as d:
+          f"up to {last} messages each); format 1 would write {v1_size / 1e6:.2f} MB")
+    with tempfile.TemporaryDirectory(prefix="callstate-log-", dir="/var/tmp") as d, contextlib.ExitStack() as stack:
         tmp = Path(d)
 
-        store = fresh(tmp, "append")
+        def fresh(name: str) -> Store:
+            db = stack.enter_context(fresh_log(args.db)) or str(tmp / f"{name}.db")
+            return open_store(db)
+
+        store = fresh("append")
         ids = open_calls(store, args.calls)
         t = time.perf_counter()
         for cid in ids:
@@ -116,7 +104,7 @@ def main() -> None:
         store.close()
         print(f"append only (buffer): {n / append_s:,.0f} events/s ({append_s / n * 1e6:.2f} us per event)")
 
-        store = fresh(tmp, "policy")
+        store = fresh("policy")
         ids = open_calls(store, args.calls)
         flush_us: list[float] = []
         sizes: list[int] = []
@@ -138,7 +126,7 @@ def main() -> None:
               f"events, p99 {pct(sizes, 99):.0f})")
 
         for batch in (1, 10, 100, 1000):
-            store = fresh(tmp, f"batch{batch}")
+            store = fresh(f"batch{batch}")
             ids = open_calls(store, args.calls)
             count = 0
             limit = min(n, 20_000) if batch == 1 else n  # one commit per event is slow: a sample is enough

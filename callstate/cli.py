@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: engine {chosen} cannot start: {exc}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
+    args.argv = argv  # as given: `engine serve --workers N` starts its workers with the same options
     if args.command is None:
         parser.print_help()
         return 2

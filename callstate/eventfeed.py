@@ -7,7 +7,9 @@ Rules:
   An ``end`` event closes the stream once the call has ended and every envelope has been sent.
 - A stream's source is a ``Feed``: ``backlog`` (what is logged so far) and ``subscribe`` (what is appended
   next, pushed, never polled). ``LocalFeed`` serves calls running in this process from the store's append
-  hook; a feed for calls on other hosts (PostgreSQL LISTEN/NOTIFY) implements the same two methods.
+  hook; ``PgFeed`` serves calls running on any host of a PostgreSQL log: every flush, close and abandon
+  commits a NOTIFY naming the call (engine/pgstore.py), one LISTEN connection per server wakes the call's
+  subscribers, which read what was flushed since (events arrive per flush: turn ends and call end).
 - The subscription opens before the backlog is read, and envelopes at or below the backlog's last seq are
   dropped, so nothing falls in the gap between the two and nothing comes twice.
 - Access: a phone token (the /phone page's) or the configured bearer key (``CALLSTATE_API_KEY``), checked
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -27,6 +30,7 @@ from aiohttp import web
 from engine.events import Event, to_record
 from engine.store import Store, StoreError
 
+log = logging.getLogger("callstate.eventfeed")
 Record = dict[str, Any]
 #: A subscriber whose queue holds this many undelivered envelopes is too slow (a stuck client): it is cut
 #: off rather than let the server's memory grow with every call it watches.
@@ -159,3 +163,90 @@ async def stream(request: web.Request, feed: Feed, call_id: str) -> web.StreamRe
         return resp
     finally:
         sub.close()
+
+
+class _Wake:
+    """A PgFeed subscription: woken by NOTIFY, it reads what the log holds past what it has yielded."""
+
+    def __init__(self, feed: PgFeed, call_id: str) -> None:
+        self.feed, self.call_id, self.last = feed, call_id, 0
+        self.event = asyncio.Event()
+        self.event.set()  # read once at the start: whatever was flushed before the LISTEN woke nobody
+
+    async def __aiter__(self) -> AsyncIterator[Record]:
+        while True:
+            await self.event.wait()
+            self.event.clear()
+            records, ended = await self.feed.read(self.call_id, self.last)
+            for record in records:
+                self.last = record["seq"]
+                yield record
+            if ended:
+                return
+
+    def close(self) -> None:
+        subs = self.feed.subs.get(self.call_id)
+        if subs is not None:
+            subs.discard(self)
+            if not subs:
+                del self.feed.subs[self.call_id]
+
+
+class PgFeed:
+    """Calls on every host of a PostgreSQL log: LISTEN/NOTIFY wakes, the shared log is read (no polling)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.subs: dict[str, set[_Wake]] = {}
+        self.reader: Store | None = None
+        self.listening: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    def subscribe(self, call_id: str) -> _Wake:
+        if self.listening is None:
+            self.listening = asyncio.create_task(self._listen())
+        sub = _Wake(self, call_id)
+        self.subs.setdefault(call_id, set()).add(sub)
+        return sub
+
+    async def read(self, call_id: str, after: int) -> tuple[list[Record], bool]:
+        if self.reader is None:
+            from engine.store import open_store
+
+            self.reader = await asyncio.to_thread(open_store, self.url, readonly=True)
+        return await asyncio.to_thread(self.reader.load_since, call_id, after)
+
+    async def backlog(self, call_id: str) -> tuple[list[Record], bool]:
+        await self.ready.wait()  # LISTEN is on before the backlog is read: nothing falls in between
+        return await self.read(call_id, 0)
+
+    def _wake(self, call_id: str | None) -> None:
+        for cid in [call_id] if call_id is not None else list(self.subs):
+            for sub in self.subs.get(cid, ()):
+                sub.event.set()
+
+    async def _listen(self) -> None:
+        import psycopg
+
+        from engine.pgstore import CHANNEL
+
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self.ready.set()
+                    self._wake(None)  # (re)connected: whatever happened meanwhile, read again
+                    async for note in conn.notifies():
+                        self._wake(note.payload.split(" ", 1)[0])
+            except psycopg.Error as exc:
+                log.warning("event feed: LISTEN connection lost (%s); reconnecting in 1 s", exc)
+                self.ready.set()  # readers read what is there; they are woken again on reconnect
+                await asyncio.sleep(1.0)
+
+    async def aclose(self) -> None:
+        if self.listening is not None:
+            self.listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.listening
+        if self.reader is not None:
+            await asyncio.to_thread(self.reader.close)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from adapters.twilio import CallRefused, StreamLimits
-from callstate.eventfeed import LocalFeed, stream
+from callstate.eventfeed import LocalFeed, PgFeed, stream
 from callstate.guard import ConnectionGuard
 from callstate.metrics import Metrics, TurnClock
 from callstate.phoneauth import Access, PhoneTokens
@@ -23,7 +23,7 @@ from engine import events as ev
 from engine.flow import Flow
 from engine.redact import Redactor
 from engine.runtime import CallLimits, LiveCall, Providers
-from engine.store import Store, StoreError
+from engine.store import Store, StoreError, is_postgres
 from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
@@ -69,13 +69,14 @@ class Server:
                  grace_s: float = 30.0, shared_key: str | None = None, worker_dir: str | None = None,
                  worker_index: int = 0, phone: bool = False, api_key: str | None = None,
                  trusted_proxies: frozenset[str] = frozenset(), limits: Limits = Limits(),
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, db: str | None = None) -> None:
         self.flow, self.providers, self.store = flow, providers, store
         self.shared_key = shared_key  # Twilio Webhook Rules (HMAC-SHA256) key
         self.auth_token, self.public_url, self.skip_signature, self.rest = auth_token, public_url, skip_signature, rest
         self.grace_s, self.trusted_proxies, self.limits = grace_s, trusted_proxies, limits
         self.worker_dir, self.worker_index = worker_dir, worker_index  # set: one worker of several
         self.self_runner: web.AppRunner | None = None  # that worker's own metrics socket
+        self.db = db  # where the log is (a path or URL): a PostgreSQL log streams every host's calls
         self.calls: dict[str, LiveCall] = {}
         self.clocks: dict[str, TurnClock] = {}
         self.metrics = Metrics()
@@ -98,6 +99,7 @@ class Server:
         self.phone = phone
         self.access = Access(PhoneTokens() if phone else None, api_key)
         self.feed: LocalFeed | None = None  # built with the app (it needs the running loop)
+        self.pg_feed: PgFeed | None = None  # calls of every host of a PostgreSQL log
 
     async def on_call(self, info: object, phone: object) -> LiveCall:
         if self.draining:
@@ -198,9 +200,14 @@ class Server:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         self.access.check_reader(request)
+        call_id = request.match_info["call_id"]
         if self.feed is None:
             self.feed = LocalFeed(self.store)
-        return await stream(request, self.feed, request.match_info["call_id"])
+        if self.store.is_open_here(call_id) or self.db is None or not is_postgres(self.db):
+            return await stream(request, self.feed, call_id)  # live here: every event as it is appended
+        if self.pg_feed is None:  # a call of another host (or ended): the shared log, woken by NOTIFY
+            self.pg_feed = PgFeed(self.db)
+        return await stream(request, self.pg_feed, call_id)
 
     async def _timeline(self, request: web.Request) -> web.Response:
         from replay import html
@@ -269,6 +276,8 @@ class Server:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()
         await self.providers.aclose()
+        if self.pg_feed is not None:
+            await self.pg_feed.aclose()
         if self._lag_task is not None:
             self._lag_task.cancel()
 

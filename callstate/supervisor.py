@@ -26,22 +26,22 @@ log = logging.getLogger("callstate.supervisor")
 FAST_FAIL_S, FAST_FAILS = 5.0, 5
 
 
-def _worker_argv(args: argparse.Namespace, worker_dir: str, index: int) -> list[str]:
-    argv = [sys.executable, "-m", "callstate.cli", "serve", "--host", args.host, "--port", str(args.port),
-            "--db", args.db, "--grace-s", str(args.grace_s), "--lease-s", str(args.lease_s),
-            "--workers", "1", "--worker-dir", worker_dir, "--worker-index", str(index)]
-    if args.flow:
-        argv += ["--flow", args.flow]
-    if args.public_url:
-        argv += ["--public-url", args.public_url]
-    if args.insecure_skip_signature:
-        argv.append("--insecure-skip-signature")
-    for proxy in args.trusted_proxy:
-        argv += ["--trusted-proxy", proxy]
-    # each worker holds its own share of the connections
-    argv += ["--max-connections", str(max(1, args.max_connections // max(1, int(args.workers)))),
-             "--stream-start-timeout-s", str(args.stream_start_timeout_s)]
-    return argv
+def _worker_argv(args: argparse.Namespace, worker_dir: str, index: int, workers: int) -> list[str]:
+    """The command line the user gave (every option, also ones added later), as one worker; each worker holds
+    its share of the connection cap."""
+    kept: list[str] = []
+    skip = False
+    for a in getattr(args, "argv", None) or []:
+        if skip:
+            skip = False
+            continue
+        if a.split("=", 1)[0] in ("--workers", "--max-connections"):
+            skip = "=" not in a
+            continue
+        kept.append(a)
+    share = max(1, args.max_connections // workers)
+    return [sys.executable, "-m", "callstate.cli", *kept, "--workers", "1", "--max-connections", str(share),
+            "--worker-dir", worker_dir, "--worker-index", str(index)]
 
 
 def supervise(args: argparse.Namespace, workers: int) -> int:
@@ -78,7 +78,7 @@ def _supervise(args: argparse.Namespace, workers: int, stop_asked: Callable[[], 
         fails: dict[int, int] = dict.fromkeys(range(workers), 0)
 
         def spawn(i: int) -> None:
-            procs[i] = subprocess.Popen(_worker_argv(args, worker_dir, i))
+            procs[i] = subprocess.Popen(_worker_argv(args, worker_dir, i, workers))
             started[i] = time.monotonic()
 
         for i in range(workers):

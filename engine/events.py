@@ -21,7 +21,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-SCHEMA_VERSION = 1
+#: The log's format, recorded per call. 1: every StartLlm row holds its whole context. 2: a StartLlm row holds
+#: only the messages new since the call's previous request (engine/store.py encodes and rebuilds them).
+SCHEMA_VERSION = 2
 
 Kind = Literal["input", "effect"]
 

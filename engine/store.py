@@ -27,6 +27,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -46,7 +47,7 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from engine.events import SCHEMA_VERSION, Event, EventError, from_record, to_record
+from engine.events import SCHEMA_VERSION, Event, EventError, Message, StartLlm, from_record, to_record
 from engine.logwriter import LogWriter
 from engine.redact import Redactor
 
@@ -85,9 +86,37 @@ class CallRow:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _row(call_id: str, event: Event) -> Row:
-    r = to_record(call_id, event)  # the one envelope definition lives in events.py
-    return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(r["data"]), r["cause"])
+def _row(call_id: str, event: Event, llm_prev: dict[str, tuple[Message, ...]] | None = None) -> Row:
+    """One event as a row. With ``llm_prev`` (call id -> the previous request's messages), a StartLlm is
+    stored in format 2: ``messages_from`` = how many of the previous request's messages it starts with, then
+    only its other messages. A call's log grows with what is said, not with its square, and only the new
+    messages are turned into records and encoded."""
+    if llm_prev is not None and isinstance(event, StartLlm):
+        msgs, prev = event.messages, llm_prev.get(call_id, ())
+        keep, most = 0, min(len(prev), len(msgs))
+        while keep < most and (prev[keep] is msgs[keep] or prev[keep] == msgs[keep]):
+            keep += 1
+        llm_prev[call_id] = msgs
+        r = to_record(call_id, dataclasses.replace(event, messages=msgs[keep:]))
+        data = {"messages_from": keep, **r["data"]}
+    else:
+        r = to_record(call_id, event)  # the one envelope definition lives in events.py
+        data = r["data"]
+    return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(data), r["cause"])
+
+
+def _rebuild_llm(call_id: str, seq: int, payload: dict[str, Any], prev: list[Any]) -> list[Any]:
+    """A format-2 StartLlm's whole context from the previous request's (the one place it is rebuilt)."""
+    keep = payload.pop("messages_from", None)
+    new = payload.get("messages")
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0 or not isinstance(new, list):
+        raise StoreError(f"call {call_id!r} seq {seq}: StartLlm needs messages_from (a count) and messages "
+                         "(schema version 2)")
+    if keep > len(prev):
+        raise StoreError(f"call {call_id!r} seq {seq}: StartLlm keeps {keep} messages of the previous request, "
+                         f"which had {len(prev)}")
+    payload["messages"] = prev[:keep] + new
+    return payload["messages"]
 
 
 def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
@@ -97,6 +126,7 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
         raise StoreError(f"call {call_id!r} was written with schema version {version}; "
                          f"this engine supports version {SCHEMA_VERSION} and older")
     out = []
+    llm_prev: list[Any] = []  # format 2: the previous request's whole context
     for expected, (seq, t_ms, kind, type_, data, cause) in enumerate(rows, start=1):
         if seq != expected:  # rows come sorted and unique, so the first mismatch is a gap or a seq < 1
             raise StoreError(f"call {call_id!r} seq {expected} is missing: the log goes from seq "
@@ -108,6 +138,8 @@ def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
             raise StoreError(f"call {call_id!r} seq {seq}: data is not valid JSON ({exc})") from None
         except RecursionError:
             raise StoreError(f"call {call_id!r} seq {seq}: data nests too deeply to read") from None
+        if version >= 2 and type_ == "StartLlm" and isinstance(payload, dict):
+            llm_prev = _rebuild_llm(call_id, seq, payload, llm_prev)
         out.append({"call_id": call_id, "seq": seq, "t_ms": t_ms, "kind": kind, "type": type_,
                     "data": payload, "cause": cause})
     if last_seq is not None and len(rows) < last_seq:
@@ -149,6 +181,7 @@ class Store(ABC):
         self.listeners: list[Callable[[str, Event | None], None]] = []
         self.owner = owner or new_owner_id()
         self._leased = False
+        self._llm_prev: dict[str, tuple[Message, ...]] = {}  # open call -> its previous request's messages
         self.writer: LogWriter | None = None
         self.redact: Redactor = Redactor()  # secrets masked in every row and meta written from now on
 
@@ -223,6 +256,7 @@ class Store(ABC):
             raise StoreError(f"close_call({call_id!r}): the call is not open in this store")
         self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, meta or {}))
         del self._next_seq[call_id]
+        self._llm_prev.pop(call_id, None)
         for listener in self.listeners:
             listener(call_id, None)
 
@@ -237,17 +271,20 @@ class Store(ABC):
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.
-        rows = [_row(call_id, event) for call_id, event in self._pending]
+        llm_prev = dict(self._llm_prev)  # taken on only once the write is done or queued: a retry re-encodes
+        rows = [_row(call_id, event, llm_prev) for call_id, event in self._pending]
         what = f"close_call({end[0]!r})" if end else "flush"
         redact = self.redact
 
         def write() -> None:  # masking runs here: on the writer thread once there is one
             self._write_open([(*r[:5], redact(r[5]), r[6]) for r in rows] if redact else rows, end)
         self._run(write, len(rows), what)
+        self._llm_prev = llm_prev
         self._pending.clear()
 
     def _write_open(self, rows: list[Row], end: End | None) -> None:
-        for call_id in sorted(self._write(rows, end)):
+        dropped = self._write(rows, end)
+        for call_id in sorted(dropped):
             log.warning("call %s: no longer open (abandoned by another instance after this one's lease "
                         "lapsed); its new events were not written", call_id)
 
@@ -255,6 +292,13 @@ class Store(ABC):
         """The call's flushed envelopes in seq order; checks version, seqs, JSON and truncation."""
         self.drain()
         return _records(call_id, self._read(call_id))
+
+    def load_since(self, call_id: str, after_seq: int) -> tuple[list[dict[str, Any]], bool]:
+        """The call's envelopes after ``after_seq`` (all checked as in load_records), and whether the call
+        has ended (or was abandoned): then nothing more will come."""
+        self.drain()
+        stored = self._read(call_id)
+        return [r for r in _records(call_id, stored) if r["seq"] > after_seq], stored[1] is not None
 
     def load(self, call_id: str) -> list[Event]:
         """The call's flushed events in seq order; also checks each record's type, kind and fields."""
@@ -318,6 +362,14 @@ class Store(ABC):
 _CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta"
 # SQLITE_IOERR, SQLITE_LOCKED, SQLITE_BUSY, SQLITE_FULL (primary codes): worth another try
 _TRANSIENT = {10, 6, 5, 13}
+
+
+def select_calls(query: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]], mark: str,
+                 since: str | None) -> list[CallRow]:
+    """list_calls for a SQL backend (``mark``: its parameter placeholder)."""
+    where, params = (f"WHERE started_at >= {mark}", (since,)) if since is not None else ("", ())
+    rows = query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
+    return [_call_row(r) for r in rows]
 
 
 def _call_row(row: tuple[Any, ...]) -> CallRow:
@@ -527,17 +579,13 @@ class SqliteStore(Store):
         # last_seq and ended_t_ms come from what was flushed before the crash: load() then checks that
         # prefix, and list_calls shows how long the call ran. BEGIN IMMEDIATE: no flush interleaves.
         with self._tx("mark_abandoned") as c:
-            ids = [r[0] for r in c.execute(
+            rows = c.execute(
                 "UPDATE calls SET status = 'abandoned', outcome = 'abandoned', last_seq = "
                 "(SELECT coalesce(max(seq), 0) FROM events e WHERE e.call_id = calls.call_id), "
                 "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = calls.call_id) "
-                f"WHERE {_LAPSED.format(now=_SQLITE_NOW, me='?')} RETURNING call_id", (self.owner,))]
-        return sorted(ids, key=self._started_order(ids))
-
-    def _started_order(self, ids: list[str]) -> Callable[[str], tuple[str, str]]:
-        marks = ", ".join("?" * len(ids))
-        started = dict(self._query(f"SELECT call_id, started_at FROM calls WHERE call_id IN ({marks})", tuple(ids)))
-        return lambda i: (started.get(i, ""), i)
+                f"WHERE {_LAPSED.format(now=_SQLITE_NOW, me='?')} RETURNING call_id, started_at",
+                (self.owner,)).fetchall()
+        return [call_id for call_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
     def call_sids(self) -> list[tuple[str, str]]:
         self.drain()
@@ -546,9 +594,7 @@ class SqliteStore(Store):
         return [(call_id, sid if isinstance(sid, str) else "") for call_id, sid in rows]
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
-        where, params = ("WHERE started_at >= ?", (since,)) if since is not None else ("", ())
-        rows = self._query(f"SELECT {_CALL_COLS} FROM calls {where} ORDER BY started_at, call_id", params)
-        return [_call_row(r) for r in rows]
+        return select_calls(self._query, "?", since)
 
     def close(self, timeout: float = 30.0) -> None:
         try:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+
+from engine.store import MemoryStore, SqliteStore, Store, open_store
 
 #: The server the PostgreSQL tests use (trust auth on this project's machines).
 PG_URL = os.environ.get("CALLSTATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -50,3 +53,19 @@ def pg_url() -> Iterator[str]:
     yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "calls.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
+def store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[Store]:
+    """One conformance suite, every backend: the same test runs against SQLite, PostgreSQL and memory."""
+    if request.param == "postgresql":
+        s: Store = open_store(request.getfixturevalue("pg_url"))
+    else:
+        s = SqliteStore(db_path) if request.param == "sqlite" else MemoryStore()
+    yield s
+    s.close()

@@ -65,21 +65,6 @@ def chained(exc: BaseException) -> BaseException | None:
     return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "calls.db"
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "memory"])
-def store(request: pytest.FixtureRequest, db_path: Path):
-    if request.param == "postgresql":
-        s: Store = open_store(request.getfixturevalue("pg_url"))
-    else:
-        s = SqliteStore(db_path) if request.param == "sqlite" else MemoryStore()
-    yield s
-    s.close()
-
-
 def another(store: Store) -> Store:
     """A second instance (another process or host) on the same log, with its own owner id."""
     if isinstance(store, MemoryStore):
@@ -389,3 +374,16 @@ def test_a_missing_file_or_another_apps_db_is_refused_by_a_reader(tmp_path: Path
     raw(tmp_path / "other.db", "CREATE TABLE t (x)")
     with pytest.raises(StoreError, match="not a callstate log"):
         SqliteStore(tmp_path / "other.db", readonly=True)
+
+
+def test_a_turn_sized_flush_round_trips(store: Store) -> None:
+    """Big enough for PostgreSQL's COPY path (engine/pgstore.py COPY_FROM), small ones take INSERT."""
+    store.open_call("c1", started_at=T0, flow="demo")
+    events = [Dtmf(t_ms=i, seq=i, digit=str(i % 10)) for i in range(1, 101)]
+    for e in events[:5]:
+        store.append("c1", e)
+    store.flush()
+    for e in events[5:]:
+        store.append("c1", e)
+    store.flush()
+    assert store.load("c1") == events

@@ -67,12 +67,12 @@ def test_merge_adds_every_series_and_keeps_each_family_once() -> None:
                                  "# TYPE h histogram\nh_bucket{le=\"5\"} 5\n")
 
 
-def test_two_workers_one_port_one_log(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_workers_one_port_one_log(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     open_store(pg_url).close()  # the tables, before two workers race to create them
     port = free_port()
     sup = subprocess.Popen([sys.executable, "-m", "callstate.cli", "serve", "--workers", "2", "--port", str(port),
                             "--flow", str(LOCAL_FLOW), "--db", pg_url, "--insecure-skip-signature",
-                            "--lease-s", "1", "--grace-s", "5"], cwd=ROOT, stderr=subprocess.DEVNULL)
+                            "--lease-s", "5", "--grace-s", "5"], cwd=ROOT, stderr=(tmp_path / "serve.log").open("w"))
 
     async def two_workers() -> bool:
         return await healthy_workers(port) == 2
@@ -89,6 +89,11 @@ def test_two_workers_one_port_one_log(pg_url: str, capsys: pytest.CaptureFixture
         await until(all_counted)
         for _ in range(6):  # whichever worker the kernel picks answers for the whole server
             assert calls_total((await get(port, "/metrics"))[1]) == CALLS
+        reader = open_store(pg_url, readonly=True)
+        try:  # every call's end written (the writer thread may still hold it) before a worker is killed
+            await until(lambda: [r.status for r in reader.list_calls()] == ["ended"] * CALLS)
+        finally:
+            reader.close()
         before = children(sup.pid)
         victim = min(before)
         subprocess.run(["kill", "-9", str(victim)], check=True)

@@ -180,7 +180,7 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
                     public_url=args.public_url, skip_signature=args.insecure_skip_signature, rest=rest,
                     grace_s=args.grace_s, shared_key=shared_key, worker_dir=args.worker_dir,
                     worker_index=args.worker_index, phone=phone, api_key=os.environ.get(API_KEY_ENV),
-                    trusted_proxies=frozenset(args.trusted_proxy), limits=limits)
+                    trusted_proxies=frozenset(args.trusted_proxy), limits=limits, db=args.db)
     logsetup.mask(server.redact)  # no secret in the console either
     server.guard.fit_file_limit()
     try:
