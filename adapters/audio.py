@@ -16,9 +16,11 @@ from array import array
 from collections.abc import Iterable, Iterator
 from importlib import resources
 
-SAMPLE_RATE = 8000
-FRAME_MS = 20
-FRAME_BYTES = SAMPLE_RATE * FRAME_MS // 1000  # 160
+# the frame's facts have one home, beside the events whose durations they measure
+from engine.events import FRAME_BYTES as FRAME_BYTES
+from engine.events import FRAME_MS as FRAME_MS
+from engine.events import SAMPLE_RATE as SAMPLE_RATE
+
 #: 0xFF decodes to 0 (positive zero). Twilio pads with it and it is what a silent line sends.
 SILENCE_BYTE = 0xFF
 SILENCE_FRAME = bytes([SILENCE_BYTE]) * FRAME_BYTES

@@ -30,7 +30,7 @@ from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient as ListenSocket
 
 from adapters.env import need as _need
-from engine.events import Input, ProviderNotice, SpeechStarted, Transcript, UtteranceEnd
+from engine.events import BYTES_PER_MS, Input, ProviderNotice, SpeechStarted, Transcript, UtteranceEnd
 
 #: The SDK modules that call websockets' connect through a name of their own: ``client.py`` is what
 #: ``client.listen.v1.connect`` / ``client.speak.v1.connect`` run, ``raw_client.py`` the raw variant
@@ -55,7 +55,6 @@ _no_deflate()
 Emit = Callable[[Input], None]
 
 REQUIRED_ENV = ("DEEPGRAM_API_KEY",)
-BYTES_PER_MS = 8  # mu-law 8 kHz mono (reference section 5)
 #: Reference 2.4: send KeepAlive every 3-5 s while no audio flows; Deepgram closes after 10 s (NET-0001).
 KEEPALIVE_S = 3.0
 RECONNECT_BACKOFF_S = (0.0, 0.2, 0.5)  # three tries inside ~1 s: the caller is mid-sentence

@@ -70,13 +70,13 @@ class LocalSttSession:
         self.emit = emit
 
     async def send_audio(self, mulaw: bytes) -> None:
-        change = self.vad.feed(mulaw, self.frames * 20)
+        change = self.vad.feed(mulaw, self.frames * ev.FRAME_MS)
         self.frames += 1
         if change == "start":
             self.speech_frames, self.interim_sent, self.transcribed = 0, False, False
         if self.vad.in_speech:
             self.speech_frames += 1
-            if (not self.interim_sent and self.speech_frames * 20 >= self.cfg.interim_ms
+            if (not self.interim_sent and self.speech_frames * ev.FRAME_MS >= self.cfg.interim_ms
                     and self.next_line < len(self.lines)):
                 self.interim_sent = True
                 first = " ".join(self.lines[self.next_line].split()[:2])

@@ -28,10 +28,9 @@ from pyht.inference_coordinates import InferenceCoordinatesOptions
 
 from adapters.audio import FrameCutter
 from adapters.env import need as _need
-from engine.events import Speak
+from engine.events import BYTES_PER_MS, Speak
 
 REQUIRED_ENV = ("PLAYHT_API_KEY", "PLAYHT_USER_ID")
-BYTES_PER_MS = 8
 AUTH_TIMEOUT_S = 5.0
 
 

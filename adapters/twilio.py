@@ -45,7 +45,7 @@ from twilio.request_validator import (
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from engine.events import CallEnded, Dtmf, Input, PlaybackMark, ProviderNotice
+from engine.events import FRAME_BYTES, SAMPLE_RATE, CallEnded, Dtmf, Input, PlaybackMark, ProviderNotice
 
 log = logging.getLogger("callstate.twilio")
 
@@ -54,8 +54,7 @@ log = logging.getLogger("callstate.twilio")
 MAX_TEXT_CHARS = 64 * 1024
 #: aiohttp's own hard limit: a bigger frame kills the socket (close 1009), so it sits well above the soft one.
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
-FRAME_BYTES = 160  # 20 ms of mu-law 8 kHz: Twilio's frame (reference 1.2)
-BYTES_PER_S = 8000
+BYTES_PER_S = SAMPLE_RATE  # mu-law: one byte a sample
 DTMF_DIGITS = "0123456789*#ABCD"
 MEDIA_FORMAT = "audio/x-mulaw;rate=8000;channels=1"  # the only format of a phone stream (reference 1.2)
 #: A SID: Twilio's are two letters and 32 hex digits (CA..., MZ...); anything this shape is safe to print.

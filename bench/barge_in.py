@@ -7,7 +7,7 @@ second caller line starts 600 ms into the agent's answer (a 3 s reply) instead o
 The input that confirms the barge-in is the barge_in timer (250 ms of speech) or the STT's first interim,
 whichever comes first. Two measures per barge-in, both inside the engine process:
 
-- ``CallStats.barge_in_us``: that input's step (feed, log append, effect dispatch), as the runtime records it;
+- ``EngineTimes.barge_in_us``: that input's step (feed, log append, effect dispatch), as the runtime records it;
 - queued -> clear on the socket: from the moment the input was queued for the call (emit) to the moment
   TwilioPhone hands the ``clear`` message to the WebSocket (inbox wait + step + the send task), read by the
   probe in bench/engine_proc.py.
@@ -46,7 +46,7 @@ async def main_async(args: argparse.Namespace) -> None:
         step, clear = f["barge_in_us"], f["clear_us"]
         print(f"-- {level} concurrent call(s), {calls} calls: {len(clear)} barge-ins "
               f"(load avg {res.load_before} -> {res.load_after})")
-        print(f"   barge-in step (CallStats.barge_in_us):      {p50_p99(step, 'us', 0)}, "
+        print(f"   barge-in step (EngineTimes.barge_in_us):      {p50_p99(step, 'us', 0)}, "
               f"max {max(step, default=0):.0f}")
         print(f"   input queued -> clear handed to the socket: {p50_p99(clear, 'us', 0)}, "
               f"max {max(clear, default=0):.0f}")

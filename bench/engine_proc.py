@@ -10,7 +10,7 @@ SIGTERM. With ``--reuse-port`` several of these share the calls port (SO_REUSEPO
 --workers` runs its workers); each keeps its probe on a port of its own.
 
 The probe adds what the engine does not export, without changing what it does:
-- ``GET /bench/stats``: process CPU (user+sys) and RSS; per call its CallStats (engine_us, barge_in_us),
+- ``GET /bench/stats``: process CPU (user+sys) and RSS; per call its EngineTimes (engine_us, barge_in_us),
   the wait of each input in the call's inbox, when each ``clear`` was handed to the socket, the phone's
   pacing lateness (TwilioPhone.max_late_ms) and frames sent; every Store.flush's duration; the loop's lag.
 - ``GET /bench/memory``: RSS and (with --tracemalloc) traced bytes, after a gc.

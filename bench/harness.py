@@ -556,7 +556,7 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
     out.append(f"   load: {lines_per_min:.1f} caller lines per call-minute; engine process "
                f"{res.cpu_s / res.wall_s:.0%} of a core, load generator (fakes + phones) "
                f"{res.loadgen_cpu_s / res.wall_s:.0%} of a core over the {res.wall_s:.0f} s of load")
-    out.append(f"   engine per input (CallStats.engine_us): {p50_p99(f['engine_us'], 'us', 0)}; "
+    out.append(f"   engine per input (EngineTimes.engine_us): {p50_p99(f['engine_us'], 'us', 0)}; "
                f"inbox wait {p50_p99(f['wait_us'], 'us', 0)}")
     by_type: dict[str, list[float]] = {}
     for c in res.engine["calls"]:
@@ -582,7 +582,7 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
     lag = res.loadgen_lag_ms
     out.append(f"   load-generator loop lag: {p50_p99(lag)}, max {max(lag, default=0):.1f}")
     if f["barge_in_us"]:
-        out.append(f"   barge-in step (CallStats.barge_in_us): {p50_p99(f['barge_in_us'], 'us', 0)}")
+        out.append(f"   barge-in step (EngineTimes.barge_in_us): {p50_p99(f['barge_in_us'], 'us', 0)}")
         out.append(f"   barge-in input queued -> clear handed to the socket: {p50_p99(f['clear_us'], 'us', 0)}")
     return out
 

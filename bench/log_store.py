@@ -36,6 +36,7 @@ from bench.harness import DATE, commit, fresh_log, pct
 from bench.replay_speed import synthetic_call
 from engine import events as ev
 from engine.machine import CallMachine
+from engine.states import CallState
 from engine.store import Store, _row, open_store
 
 
@@ -47,10 +48,10 @@ def turn_ends(flow, log: list[ev.Event]) -> set[int]:  # type: ignore[no-untyped
     while i < len(log):
         event = log[i]
         assert isinstance(event, ev.Input)
-        before = machine.state
+        before = machine.view.state
         _, effects = machine.step(event)
         i += 1 + len(effects)
-        if (before != "listening" and machine.state == "listening") or isinstance(event, ev.CallEnded):
+        if (before != CallState.LISTENING and machine.view.state == CallState.LISTENING) or machine.view.ended:
             ends.add(i - 1)
     return ends
 

@@ -10,7 +10,7 @@ would answer exactly 450 ms after the caller stops: engine-added = measured voic
 The real adapters run (deepgram-sdk listen and speak, the groq SDK), the real Server, Twilio pacing and log.
 
 Per level: p50/p99 of voice-to-voice and engine-added, its split into hops, engine CPU per call-second,
-CallStats.engine_us, Store.flush cost, TwilioPhone pacing lateness, and both processes' loop lag.
+EngineTimes.engine_us, Store.flush cost, TwilioPhone pacing lateness, and both processes' loop lag.
 ``--profile DIR`` also runs py-spy on the engine process during the last level's load and prints where its
 CPU goes (DIR gets the raw collapsed stacks). ``--tiny``: one call, one line (a few seconds).
 ``--workers N``: N engine processes share the port (SO_REUSEPORT, as `engine serve --workers N`); figures

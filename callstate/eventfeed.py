@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engine.events import Event, to_record
+from engine.codec import to_record
+from engine.events import Event
 from engine.store import Store, StoreError
 
 log = logging.getLogger("callstate.eventfeed")

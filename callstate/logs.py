@@ -50,7 +50,7 @@ def load_file(path: str) -> LoggedCall:
     except callfile.CallFileError as exc:
         raise StoreError(str(exc)) from None
     end = cf.events[-1].t_ms if cf.events else None
-    row = CallRow(cf.call_id, "", cf.flow.name, "ended", cf.outcome, end, None, {})
+    row = CallRow(cf.call_id, "", cf.flow.name, "ended", cf.outcome, end, None, {}, cf.schema_version)
     return LoggedCall(row=row, flow=cf.flow, events=cf.events)
 
 

@@ -6,6 +6,9 @@ from collections import defaultdict, deque
 
 from engine import events as ev
 from engine.logwriter import LogWriter
+from replay.turns import TurnClock
+
+__all__ = ["Metrics", "TurnClock"]  # TurnClock: voice to voice, defined once (replay/turns.py)
 
 #: Voice-to-voice buckets (ms): dense around the 500 ms target and the ~700 ms talk-over point.
 V2V_BUCKETS = (200, 300, 400, 450, 500, 600, 700, 800, 1000, 1500, 2000, 5000)
@@ -121,21 +124,3 @@ def _quantile(xs: deque[float], q: float) -> float:
 def _counter(name: str, help_: str, label: str, values: dict[str, int]) -> list[str]:
     return [f"# HELP {name} {help_}", f"# TYPE {name} counter",
             *[f'{name}{{{label}="{k}"}} {v}' for k, v in sorted(values.items())]]
-
-
-class TurnClock:
-    """Live voice-to-voice per call: from the caller's speech end to the first audio of the answer."""
-
-    def __init__(self) -> None:
-        self.speech_end: int | None = None
-        self.waiting = False
-
-    def step(self, event: ev.Input, effects: list[ev.Effect], before: str, after: str) -> int | None:
-        if isinstance(event, ev.SpeechStopped):
-            self.speech_end = event.end_ms if event.end_ms is not None else event.t_ms
-        if before == "listening" and after == "thinking":
-            self.waiting = True
-        if self.waiting and any(isinstance(e, ev.SendAudio) for e in effects) and self.speech_end is not None:
-            self.waiting = False
-            return event.t_ms - self.speech_end
-        return None

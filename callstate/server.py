@@ -23,6 +23,7 @@ from engine import events as ev
 from engine.flow import Flow
 from engine.redact import Redactor
 from engine.runtime import CallLimits, LiveCall, Providers
+from engine.states import CallState
 from engine.store import Store, StoreError, is_postgres
 from replay.timeline import tool_failure
 
@@ -135,9 +136,9 @@ class Server:
 
     def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
         self.metrics.observe_step(event, effects, us)
-        if before == "listening" and call.machine.state == "thinking":
+        if before == CallState.LISTENING and call.machine.view.state == CallState.THINKING:
             self.metrics.turns += 1
-        v2v = self.clocks[call.call_id].step(event, effects, before, call.machine.state)
+        v2v = self.clocks[call.call_id].observe(event, effects, before, call.machine.view.state)
         if v2v is not None:
             self.metrics.v2v.observe(v2v)
             log.info("call %s: agent answered, voice to voice %d ms", call.call_id, v2v,
@@ -271,7 +272,7 @@ class Server:
             log.info("draining %d call(s) for up to %.0f s", len(live), self.grace_s)
             await asyncio.wait([c.main for c in live], timeout=self.grace_s)
         for call in list(self.calls.values()):
-            call.emit(ev.CallEnded(t_ms=0, reason="shutdown"))
+            call.emit(ev.RuntimeFault(t_ms=0, reason="shutdown"))  # hung up by the machine, on the record
         if self.calls:
             await asyncio.wait([c.main for c in self.calls.values()], timeout=5)
         self.store.flush()

@@ -17,7 +17,7 @@ from engine.events import ToolSpec
 
 for _cls in (policy.EndpointRule, policy.Endpointing, policy.BargeIn, policy.Filler, policy.Idle,
              policy.Streaming, policy.TurnTaking):
-    _cls.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    setattr(_cls, "__pydantic_config__", ConfigDict(extra="forbid"))  # noqa: B010 (a class attribute pydantic reads)
 
 
 class Strict(BaseModel):

@@ -10,10 +10,11 @@ import difflib
 import re
 from typing import Any
 
+from engine.flowerrors import Loc
+
 _DTMF = set("0123456789*#")
 _TYPES = ["array", "boolean", "integer", "null", "number", "object", "string"]
 _URL = re.compile(r"https?://[^/\s]", re.I)
-Loc = tuple[str | int, ...]
 
 
 def unknown_name(kind: str, name: str, known: list[str]) -> str:
@@ -139,7 +140,7 @@ class Checks:
             if len(key) != 1 or key not in _DTMF:
                 self.error((*at, "on_dtmf", key), "must be one DTMF key: 0-9, * or #")
             out.append(self.target((*at, "on_dtmf", key), dest))
-        goto = node.get("goto") if isinstance(node.get("goto"), list) else []
+        goto: list[Any] = node["goto"] if isinstance(node.get("goto"), list) else []
         out += [self.target((*at, "goto", i), g) for i, g in enumerate(goto)]
         if node.get("end") is not None and node.get("transfer") is not None:
             self.error((*at, "transfer"), "a node either ends the call (`end`) or transfers it, not both")

@@ -17,25 +17,22 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import json
 import os
 import re
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine.flow import Flow
 from engine.flowcheck import Checks
+from engine.flowerrors import Loc, collapse, format_path, walk
 from engine.textfile import TextFileError, read_text
 
-Loc = tuple[str | int, ...]
 M = typing.TypeVar("M", bound=BaseModel)
 
 _MERGE = "tag:yaml.org,2002:merge"
@@ -44,17 +41,6 @@ _TIMESTAMP, _NULL = "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:null"
 _MAX_NODES = 100_000  # alias bombs: a flow is a few hundred nodes
 _REF = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR = re.compile(r"([A-Za-z_]\w*)(?::-(.*))?", re.S)
-_PLAIN_KEY = re.compile(r"[\w*#+-]+")
-_TYPE_WORDS = {
-    "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
-    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
-    "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "a list",
-    "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
-    "model_attributes_type": "a mapping", "dataclass_type": "a mapping", "none_required": "null",
-}
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-
-
 class ProviderTable(Protocol):
     """The provider registry, as the loader sees it (it lives beside the adapters; engine/ can't import it)."""
 
@@ -230,9 +216,11 @@ class _Loader:
             node: Any = record
             for step in path[:-1]:
                 node = _child(node, step)
-            if (isinstance(node, dict) and path and path[-1] in node) or \
-                    (isinstance(node, list) and isinstance(path[-1], int) and path[-1] < len(node)):
-                node[path[-1]] = text
+            last = path[-1] if path else None
+            there = (isinstance(node, dict) and last in node) or \
+                (isinstance(node, list) and isinstance(last, int) and last < len(node))
+            if there:
+                node[last] = text
         return record
 
     def format(self, i: _Issue) -> str:
@@ -328,7 +316,7 @@ class _Loader:
                 errors = exc.errors(include_url=False)
             if not any([self.as_text(data, e, model, at) for e in errors if e["type"] == "string_type"]):
                 break
-        for path, message in _collapse(errors, model):
+        for path, message in collapse(errors, model):
             self.error((*at, *path), message)
         return None
 
@@ -352,7 +340,7 @@ class _Loader:
             self.validate(model, config, (kind,))  # plain scalars made text here stay so in the flow
 
     def as_text(self, data: Any, err: Mapping[str, Any], model: type[BaseModel], at: Loc) -> bool:
-        path = _walk(err["loc"], model)[0]
+        path = walk(err["loc"], model)[0]
         node, _ = self.locate((*at, *path))
         if not (path and isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in _TEXT_TAGS):
             return False
@@ -400,114 +388,3 @@ def _child(node: Any, step: str | int) -> Any:
     if isinstance(node, dict):
         return node.get(step)
     return node[step] if isinstance(node, list) and isinstance(step, int) and step < len(node) else None
-
-
-def format_path(path: Loc) -> str:
-    out = ""
-    for step in path:
-        if isinstance(step, int):
-            out += f"[{step}]"
-        else:
-            out += ("." if out else "") + (step if _PLAIN_KEY.fullmatch(step) else json.dumps(step))
-    return out
-
-
-# ----------------------------------------------------------------------- pydantic errors -> text
-
-
-def _unwrap(tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(tp)[0])
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return _unwrap(args[0])
-    return tp
-
-
-def _fields(tp: Any) -> dict[str, Any] | None:
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return {n: f.annotation for n, f in tp.model_fields.items()}
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return typing.get_type_hints(tp)
-    return None
-
-
-def _walk(loc: tuple[Any, ...], root: Any) -> tuple[Loc, list[tuple[int, str]], Any]:
-    """Follow a pydantic ``loc`` through the model's types: the data path, the union tags met, the parent type."""
-    tp: Any = root
-    path: list[str | int] = []
-    tags: list[tuple[int, str]] = []
-    parent: Any = None
-    for step in loc:
-        tp = _unwrap(tp)
-        if typing.get_origin(tp) in (Union, types.UnionType):  # pydantic names the union member tried
-            tags.append((len(path), str(step)))
-            members = [a for a in typing.get_args(tp) if getattr(a, "__name__", repr(a)) == step]
-            tp = members[0] if members else Any
-            continue
-        parent = tp
-        fields = _fields(tp)
-        origin = typing.get_origin(tp)
-        if step == "[key]":
-            continue
-        path.append(step)
-        if fields is not None:
-            tp = fields.get(step, Any)
-        elif origin is dict:
-            tp = typing.get_args(tp)[1]
-        elif origin in (list, tuple):
-            tp = typing.get_args(tp)[0]
-        else:
-            tp = Any
-    return tuple(path), tags, parent
-
-
-def _message(err: Mapping[str, Any], parent: Any, path: Loc) -> str:
-    kind, ctx = err["type"], err.get("ctx") or {}
-    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        key = str(path[-1])
-        allowed = list(_fields(_unwrap(parent)) or ())
-        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'?" if close else "allowed: " + ", ".join(allowed)
-        return f"unknown key '{key}' ({hint})"
-    if kind == "missing":
-        return "required"
-    if kind == "literal_error":
-        return "must be one of: " + ", ".join(re.findall(r"'((?:[^'\\]|\\.)*)'", ctx.get("expected", "")))
-    if kind in _TYPE_WORDS:
-        return f"must be {_TYPE_WORDS[kind]}"
-    if kind in _BOUNDS:
-        bound = next(iter(ctx.values()))
-        return f"must be {_BOUNDS[kind]} {int(bound) if float(bound).is_integer() else bound}"
-    if kind == "string_pattern_mismatch" and path and path[-1] == "function":
-        return "must look like module:function (e.g. myapp.tools:lookup)"
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        msg = msg.removeprefix(prefix)
-    msg = msg.replace("Input should be", "must be").replace("String should", "must")
-    return msg[:1].lower() + msg[1:]
-
-
-def _collapse(errors: list[Any], root: Any) -> list[tuple[Loc, str]]:
-    """One message per problem: of a union's members, keep the ones the value had the shape of."""
-    plain: list[tuple[Loc, str]] = []
-    unions: dict[Loc, dict[str, list[tuple[Loc, str, bool]]]] = {}
-    for err in errors:
-        path, tags, parent = _walk(err["loc"], root)
-        msg = _message(err, parent, path)
-        if not tags:
-            plain.append((path, msg))
-            continue
-        depth, tag = tags[0]
-        shape = len(path) == depth and err["type"] in _TYPE_WORDS  # the value wasn't this member's type
-        unions.setdefault(path[:depth], {}).setdefault(tag, []).append((path, msg, shape))
-    for at, branches in unions.items():
-        fitting = {t: errs for t, errs in branches.items() if not all(s for _, _, s in errs)}
-        if fitting:
-            plain.extend((p, m) for errs in fitting.values() for p, m, _ in errs)
-        else:
-            words = [m.removeprefix("must be ") for errs in branches.values() for _, m, _ in errs]
-            plain.append((at, "must be " + " or ".join(dict.fromkeys(words))))
-    return plain

@@ -96,7 +96,7 @@ def upgrade(url: str, *, to: int | None = None) -> tuple[int, int]:
                              "applied_at timestamptz NOT NULL DEFAULT now())")
                 for number in range(before + 1, target + 1):
                     for statement in MIGRATIONS[number - 1]:
-                        conn.execute(statement)  # type: ignore[arg-type]  # our own literals
+                        conn.execute(statement)  # our own literals
                     conn.execute("INSERT INTO callstate_migrations (version) VALUES (%s)", (number,))
             return before, max(before, target)
     except psycopg.Error as exc:
@@ -159,7 +159,7 @@ class PgStore(Store):
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._conn("read") as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]  # our own literals
+            return conn.execute(sql, params).fetchall()  # our own literals
 
     def _writable(self, what: str) -> None:
         if self.readonly:
@@ -245,7 +245,7 @@ class PgStore(Store):
     def _renew(self, lease_s: float) -> None:
         self._writable("renew lease")
         with self._conn("renew lease") as conn:
-            conn.execute(f"INSERT INTO instances (instance_id, lease_until) VALUES (%s, {_PG_NOW} + %s) "  # type: ignore[arg-type]
+            conn.execute(f"INSERT INTO instances (instance_id, lease_until) VALUES (%s, {_PG_NOW} + %s) "
                          "ON CONFLICT (instance_id) DO UPDATE SET lease_until = excluded.lease_until",
                          (self.owner, lease_s))
 
@@ -262,7 +262,7 @@ class PgStore(Store):
                 "UPDATE calls c SET status = 'abandoned', outcome = 'abandoned', "
                 "last_seq = (SELECT coalesce(max(seq), 0) FROM events e WHERE e.call_id = c.call_id), "
                 "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = c.call_id) "
-                f"WHERE c.call_id IN (SELECT call_id FROM calls WHERE {lapsed} FOR UPDATE SKIP LOCKED) "  # type: ignore[arg-type]
+                f"WHERE c.call_id IN (SELECT call_id FROM calls WHERE {lapsed} FOR UPDATE SKIP LOCKED) "
                 "RETURNING c.call_id, c.started_at", (self.owner,)).fetchall()
             for call_id, _ in rows:  # its readers on any host learn that nothing more will come
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{call_id} end"))

@@ -56,7 +56,9 @@ class Playback:
     def __init__(self) -> None:
         self.speaks: dict[int, SpeakState] = {}  # insertion order = playback order
         self.held: list[tuple[str, str]] = []  # (text, purpose) waiting for the caller to stop talking
-        self._mark_owner: dict[str, int] = {}
+        self._mark_owner: dict[str, int] = {}  # pending mark name -> its Speak's seq
+        #: Every mark name sent -> its SendMark's seq (a late echo after a clear still cites its SendMark).
+        self.sent_marks: dict[str, int] = {}
 
     @property
     def active(self) -> bool:
@@ -69,7 +71,7 @@ class Playback:
         """The Speak whose audio may go out now: the first one whose synthesis has not ended."""
         return next((s.seq for s in self.speaks.values() if not s.tts_done), None)
 
-    def audio(self, speak_seq: int, duration_ms: int, mark: str, now: int) -> None:
+    def audio(self, speak_seq: int, duration_ms: int, mark_seq: int, mark: str, now: int) -> None:
         s = self.speaks[speak_seq]
         if s.sent_ms == 0 and s.last_heard_t is None:
             prev_pending = any(o.marks for o in self.speaks.values() if o.seq != speak_seq)
@@ -77,6 +79,11 @@ class Playback:
         s.sent_ms += duration_ms
         s.marks[mark] = duration_ms
         self._mark_owner[mark] = speak_seq
+        self.sent_marks[mark] = mark_seq
+
+    def awaiting(self, name: str) -> bool:
+        """Is this mark's echo still awaited (not cleared, not echoed)?"""
+        return name in self._mark_owner
 
     def mark(self, name: str, now: int) -> SpeakState | None:
         """Record an echoed mark; returns its Speak, or None for a mark that is stale or unknown."""

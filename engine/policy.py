@@ -101,6 +101,11 @@ class TurnTaking:
     max_call_ms: int = 600_000
 
 
+#: After a runtime fault, how long the fallback line may take before the call is hung up without it (the
+#: bound the runtime used to put on its own, unlogged fallback path).
+FAULT_LINE_MS = 10_000
+
+
 # ------------------------------------------------------------------------------------------- text rules
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")

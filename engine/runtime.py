@@ -7,7 +7,10 @@ Rules:
 - The machine is the only judge of what plays: TTS audio is held here (bytes are not events) until the
   machine answers its TtsAudio with SendAudio; audio of a cancelled Speak is never sent.
 - Timers are loop callbacks; a timer cancelled after it fired is answered by the machine as stale.
-- A failure in this call's code ends this call (logged, the fallback line tried) and never another call.
+- A failure in this call's code ends this call and never another: it is fed to the machine as
+  RuntimeFault(error), so the fallback line and the hang-up are logged effects like any other; only if the
+  machine itself fails again is the line hung up directly. A shutdown or a per-call limit is a RuntimeFault
+  too (the machine hangs up at once, on the record).
 - This is the one module of engine/ that reads a clock.
 """
 
@@ -26,6 +29,7 @@ from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine
 from engine.ports import Llm, Phone, Stt, Tools, Tts
+from engine.states import CallState
 from engine.store import Store
 
 log = logging.getLogger("callstate.runtime")
@@ -34,7 +38,9 @@ log = logging.getLogger("callstate.runtime")
 #: TtsAudio, SendAudio and mark per 200 ms instead of per 20 ms frame keeps the log small and the marks
 #: fine enough to cut heard text at about a word.
 CHUNK_MS = 200
-FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+#: CallEnded reasons that mean the caller's line is gone (Twilio's stop, a dropped socket, after our own
+#: Hangup or Transfer). Any other reason is our side ending the stream, fed as a RuntimeFault.
+CALLER_GONE = ("stop", "ws_closed_without_stop", "hangup", "transfer", "caller_hung_up")
 #: A TTS that sends no audio for this long (first byte, or between chunks) is cut: a provider socket that
 #: stays open and silent must not hold the call's voice forever (issue 11). Real first bytes take ~0.1-0.5 s.
 TTS_SILENCE_S = 5.0
@@ -68,7 +74,7 @@ class Providers:
 
 
 @dataclass
-class CallStats:
+class EngineTimes:
     """Wall-clock measures the log does not hold (they differ between runs by nature)."""
 
     engine_us_by_seq: dict[int, int] = field(default_factory=dict)  # input seq -> feed + log + dispatch
@@ -108,9 +114,10 @@ class LiveCall:
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self.inbox: asyncio.Queue[tuple[ev.Input, bytes | None]] = asyncio.Queue()
-        self.stats = CallStats()
+        self.stats = EngineTimes()
         self.on_step = on_step
-        self.marks: dict[str, int] = {}  # mark name -> SendMark seq (Twilio echoes names only)
+        self.faulted = False  # a RuntimeFault(error) was fed: the next failure hangs up directly
+        self.hanging_up: asyncio.Future[Any] | None = None
         self.tasks: dict[int, asyncio.Task[Any]] = {}  # StartLlm / CallTool seq -> task
         self.timers: dict[int, asyncio.TimerHandle] = {}
         self.tts_queue: asyncio.Queue[ev.Speak] = asyncio.Queue()
@@ -123,7 +130,7 @@ class LiveCall:
         # batch_frames, batch_after_ms): in the caller's long silences, from batch_after_ms after their speech
         # stopped (past the STT's own endpointing) until it starts again; speech, and the silence an STT
         # endpoints on, go frame by frame. Held audio goes out at the speech start and before any finalize.
-        self.stt_batch = FRAME_BYTES * max(1, getattr(providers.stt, "batch_frames", 1))
+        self.stt_batch = ev.FRAME_BYTES * max(1, getattr(providers.stt, "batch_frames", 1))
         self.stt_batch_after_ms = getattr(providers.stt, "batch_after_ms", 0)
         self.stt_held = bytearray()
         self.caller_quiet_from: int | None = -self.stt_batch_after_ms  # None while the caller speaks
@@ -146,20 +153,24 @@ class LiveCall:
     def emit(self, event: ev.Input, payload: bytes | None = None, *, not_before: int = 0) -> None:
         """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine). Stamps never
         go back in time, and never before ``not_before`` (a timer's due time)."""
-        if self.done.is_set() or (self.cut and not isinstance(event, ev.CallEnded)):
+        if self.done.is_set() or (self.cut and not isinstance(event, ev.CallEnded | ev.RuntimeFault)):
             return
         if isinstance(event, ev.PlaybackMark) and event.cause is None:
             if len(event.name) > self.limits.mark_name_chars:  # not a name we sent: never logged
                 self._limit_hit("mark_name", f"mark names over {self.limits.mark_name_chars} characters dropped")
                 return
-            event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.marks.get(event.name))
+            # Twilio echoes names only; the machine knows which SendMark each name was
+            event = ev.PlaybackMark(t_ms=0, name=event.name, cause=self.machine.view.mark_sent(event.name))
+        if isinstance(event, ev.CallEnded) and event.reason not in CALLER_GONE:
+            # our side is stopping the stream (shutdown): the hang-up must go through the machine and the log
+            event = ev.RuntimeFault(t_ms=0, reason=event.reason)
         self.last_stamp = max(self.now_ms(), not_before, self.last_stamp)
         stamped = _restamp(event, self.last_stamp)
         self.inbox.put_nowait((stamped, payload))
 
     def audio_in(self, mulaw: bytes) -> None:
         """One inbound 20 ms frame: local VAD (barge-in must not wait for the STT), then to the STT."""
-        t_audio = self.frames_in * 20
+        t_audio = self.frames_in * ev.FRAME_MS
         self.frames_in += 1
         change = self.vad.feed(mulaw, t_audio)
         if change == "start":
@@ -196,43 +207,20 @@ class LiveCall:
         try:
             while True:
                 event, payload = await self.inbox.get()
-                if self.cut and not isinstance(event, ev.CallEnded):
+                if self.cut and not isinstance(event, ev.CallEnded | ev.RuntimeFault):
                     continue  # queued before a limit ended the call: never fed, never logged
-                started = time.perf_counter_ns()
-                before = self.machine.state
-                stamped, effects = self.machine.step(event)
-                self.store.append(self.call_id, stamped)
-                for effect in effects:
-                    self.store.append(self.call_id, effect)
-                self._count(stamped, effects)
-                for effect in effects:
-                    if isinstance(effect, ev.SendAudio) and payload is not None:
-                        self._spawn(self.phone.send_audio(payload))  # this input's audio, allowed out
-                    else:
-                        self._carry_out(effect)
-                elapsed = (time.perf_counter_ns() - started) // 1000
-                self.stats.engine_us_by_seq[stamped.seq] = elapsed
-                if any(isinstance(e, ev.ClearPlayback) for e in effects):
-                    self.stats.barge_in_us.append(elapsed)
-                if self.on_step is not None:
-                    self.on_step(self, stamped, effects, before, elapsed)
-                if (before != "listening" and self.machine.state == "listening") or isinstance(stamped, ev.CallEnded):
-                    # a turn boundary (the agent is done): what is flushed survives a crash. Not at the
-                    # endpoint: that step starts the answer, and a flush would delay it. Deferred one loop
-                    # turn so the tasks this step spawned (a barge-in's clear) reach their sockets first.
-                    self.loop.call_soon(self.store.flush)
-                if self.machine.state == "ended" and isinstance(stamped, ev.CallEnded):
-                    if self.outcome == "caller_hung_up":  # no Hangup or Transfer of ours ended it
-                        self.outcome = _OUTCOMES.get(stamped.reason, self.outcome)
-                    if stamped.reason not in ("stop", "ws_closed_without_stop", "hangup", "transfer"):
-                        # ended from our side (shutdown): hang up, or the caller hears silence forever
+                try:
+                    if await self._step(event, payload):
+                        break
+                except Exception:
+                    log.exception("call %s: runtime failure; ending the call", self.call_id)
+                    self.outcome = "error"
+                    if self.faulted:  # the machine could not even take the fault: hang up, off the record
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(self.phone.hangup(), 5)
-                    break
-        except Exception:
-            log.exception("call %s: runtime failure; ending the call", self.call_id)
-            self.outcome = "error"
-            await self._fail()
+                        break
+                    self.faulted = True
+                    self.emit(ev.RuntimeFault(t_ms=0, reason="error"))  # the fallback line, then Hangup
         finally:
             for t in (stt_task, tts_task, *warm_tasks, *self.tasks.values()):
                 t.cancel()
@@ -259,8 +247,9 @@ class LiveCall:
         if not self.cut:
             self.cut = True
             self._limit_hit(what, f"{detail}; ending the call")
-            ended = ev.CallEnded(t_ms=max(self.now_ms(), self.last_stamp), reason=f"limit_{what}")
-            self.inbox.put_nowait((ended, None))
+            # the machine hangs up (on the record) and the call ends
+            fault = ev.RuntimeFault(t_ms=max(self.now_ms(), self.last_stamp), reason=f"limit_{what}")
+            self.inbox.put_nowait((fault, None))
 
     def _limit_hit(self, what: str, detail: str) -> None:
         if what not in self.limits_hit:
@@ -269,30 +258,58 @@ class LiveCall:
         if self.on_limit is not None:
             self.on_limit(what)
 
+    async def _step(self, event: ev.Input, payload: bytes | None) -> bool:
+        """Feed, log, carry out one input; True when the call is over for this task."""
+        started = time.perf_counter_ns()
+        view = self.machine.view
+        before = view.state
+        stamped, effects = self.machine.step(event)
+        self.store.append(self.call_id, stamped)
+        for effect in effects:
+            self.store.append(self.call_id, effect)
+        self._count(stamped, effects)
+        for effect in effects:
+            if isinstance(effect, ev.SendAudio) and payload is not None:
+                self._spawn(self.phone.send_audio(payload))  # this input's audio, allowed out
+            else:
+                self._carry_out(effect)
+        elapsed = (time.perf_counter_ns() - started) // 1000
+        self.stats.engine_us_by_seq[stamped.seq] = elapsed
+        if any(isinstance(e, ev.ClearPlayback) for e in effects):
+            self.stats.barge_in_us.append(elapsed)
+        if self.on_step is not None:
+            self.on_step(self, stamped, effects, before, elapsed)
+        if (before != CallState.LISTENING and view.state == CallState.LISTENING) or view.ended:
+            # a turn boundary (the agent is done): what is flushed survives a crash. Not at the
+            # endpoint: that step starts the answer, and a flush would delay it. Deferred one loop
+            # turn so the tasks this step spawned (a barge-in's clear) reach their sockets first.
+            self.loop.call_soon(self.store.flush)
+        if not view.ended:
+            return False
+        if isinstance(stamped, ev.CallEnded):
+            if self.outcome == "caller_hung_up":  # no Hangup or Transfer of ours ended it
+                self.outcome = _OUTCOMES.get(stamped.reason, self.outcome)
+            return True  # the caller is gone
+        if self.faulted or isinstance(stamped, ev.RuntimeFault):
+            # ended from our side, the hang-up is on the record: see it through, or the caller hears
+            # silence forever (the server may be about to exit)
+            if self.hanging_up is not None:
+                await asyncio.wait({self.hanging_up}, timeout=5)
+            return True
+        return False
+
     def _close_log(self) -> None:
         try:
-            self.store.close_call(self.call_id, outcome=self.outcome, ended_t_ms=self.machine.now,
-                                  turns=self.machine.turn_count, meta={"engine_us": self.stats.engine_us_by_seq})
+            self.store.close_call(self.call_id, outcome=self.outcome, ended_t_ms=self.machine.view.now,
+                                  turns=self.machine.view.turns, meta={"engine_us": self.stats.engine_us_by_seq})
         except Exception:
             log.exception("call %s: could not close its log", self.call_id)
-
-    async def _fail(self) -> None:
-        """Say the fallback line where the phone still works, then end the call."""
-        async def say_and_hang_up() -> None:
-            speak = ev.Speak(t_ms=self.now_ms(), text=self.flow.fallback.llm, purpose="fallback")
-            async for chunk in self.p.tts.synthesize(speak):
-                await self.phone.send_audio(chunk)
-            await self.phone.hangup()
-
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(say_and_hang_up(), 10)
 
     # ------------------------------------------------------------------------------ effects
 
     def _carry_out(self, e: ev.Effect) -> None:
         match e:
             case ev.SendMark():
-                self.marks[e.name] = e.seq
                 self._spawn(self.phone.send_mark(e.name))
             case ev.ClearPlayback():
                 self._spawn(self.phone.clear())
@@ -317,8 +334,8 @@ class LiveCall:
                 if self.tts_current is not None and self.tts_current[0] == e.cause:
                     self.tts_current[1].cancel()
             case ev.Hangup():
-                self.outcome = "hangup"
-                self._spawn(self.phone.hangup())
+                self.outcome = _OUTCOMES.get(e.reason, "hangup")  # error, shutdown, limit: as they ended
+                self.hanging_up = self._spawn(self.phone.hangup())
             case ev.Transfer():
                 self.outcome = "transfer"
                 self._spawn(self.phone.transfer(e.to))
@@ -331,9 +348,10 @@ class LiveCall:
         # fillers "699 ms into the turn"): on the record, a timer never fires before its time.
         self.emit(e.fired(t_ms=0), not_before=e.at_ms)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Any) -> asyncio.Future[Any]:
+        task: asyncio.Future[Any] = asyncio.ensure_future(coro)
         task.add_done_callback(_report)
+        return task
 
     async def _llm(self, e: ev.StartLlm) -> None:
         try:
@@ -378,7 +396,7 @@ class LiveCall:
                 buf = b""
                 async for chunk in _paced(tts.synthesize(speak), TTS_SILENCE_S):
                     buf += chunk
-                    if not sent or len(buf) >= CHUNK_MS * 8:
+                    if not sent or len(buf) >= CHUNK_MS * ev.BYTES_PER_MS:
                         self._emit_audio(speak, buf)
                         buf, sent = b"", True
                 if buf:
@@ -395,8 +413,8 @@ class LiveCall:
         self.emit(ev.TtsError(t_ms=0, cause=speak.seq, message="tts failed"))
 
     def _emit_audio(self, speak: ev.Speak, data: bytes) -> None:
-        whole = len(data) - len(data) % FRAME_BYTES or len(data)
-        self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // 8)), data)
+        whole = len(data) - len(data) % ev.FRAME_BYTES or len(data)
+        self.emit(ev.TtsAudio(t_ms=0, cause=speak.seq, duration_ms=max(1, whole // ev.BYTES_PER_MS)), data)
 
     async def _warm(self, name: str, adapter: Any) -> None:
         """Open a provider's connection while the caller talks, off the first turn's path (ports: ``warm``)."""
@@ -419,7 +437,7 @@ class LiveCall:
         # on the record: when the recognizer was ready (audio before that waits in stt_audio)
         self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="open",
                                     detail=f"ready in {(self.loop.time() - started) * 1000:.0f} ms"))
-        batching = self.stt_batch > FRAME_BYTES
+        batching = self.stt_batch > ev.FRAME_BYTES
         while True:
             frame = await self.stt_audio.get()
             finalize = frame == b""

@@ -47,7 +47,8 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from engine.events import SCHEMA_VERSION, Event, EventError, Message, StartLlm, from_record, to_record
+from engine.codec import from_record, to_record
+from engine.events import SCHEMA_VERSION, Event, EventError, Message, StartLlm
 from engine.logwriter import LogWriter
 from engine.redact import Redactor
 
@@ -80,6 +81,7 @@ class CallRow:
     duration_ms: int | None  # = ended_t_ms, since t_ms counts from call start; None while open
     turns: int | None
     meta: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION  # of the engine that wrote it (replay reads older ones as written)
 
 
 # One encoder, built once: json.dumps with options builds a new encoder per call (~0.8 us of ~8 us/event).
@@ -100,7 +102,7 @@ def _row(call_id: str, event: Event, llm_prev: dict[str, tuple[Message, ...]] | 
         r = to_record(call_id, dataclasses.replace(event, messages=msgs[keep:]))
         data = {"messages_from": keep, **r["data"]}
     else:
-        r = to_record(call_id, event)  # the one envelope definition lives in events.py
+        r = to_record(call_id, event)  # the one envelope definition lives in codec.py
         data = r["data"]
     return (call_id, r["seq"], r["t_ms"], r["kind"], r["type"], _encode(data), r["cause"])
 
@@ -115,8 +117,9 @@ def _rebuild_llm(call_id: str, seq: int, payload: dict[str, Any], prev: list[Any
     if keep > len(prev):
         raise StoreError(f"call {call_id!r} seq {seq}: StartLlm keeps {keep} messages of the previous request, "
                          f"which had {len(prev)}")
-    payload["messages"] = prev[:keep] + new
-    return payload["messages"]
+    whole: list[Any] = prev[:keep] + new
+    payload["messages"] = whole
+    return whole
 
 
 def _records(call_id: str, stored: Stored) -> list[dict[str, Any]]:
@@ -359,7 +362,7 @@ class Store(ABC):
     def _list_calls(self, since: str | None) -> list[CallRow]: ...
 
 
-_CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta"
+_CALL_COLS = "call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, schema_version"
 # SQLITE_IOERR, SQLITE_LOCKED, SQLITE_BUSY, SQLITE_FULL (primary codes): worth another try
 _TRANSIENT = {10, 6, 5, 13}
 
@@ -373,14 +376,14 @@ def select_calls(query: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]],
 
 
 def _call_row(row: tuple[Any, ...]) -> CallRow:
-    call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta = row
+    call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, version = row
     try:
         meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
     except ValueError as exc:
         raise StoreError(f"call {call_id!r}: meta is not valid JSON ({exc})") from None
     except RecursionError:
         raise StoreError(f"call {call_id!r}: meta nests too deeply to read") from None
-    return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta)
+    return CallRow(call_id, started_at, flow, status, outcome, ended_t_ms, turns, meta, version)
 
 
 #: An open call is lapsed when its owner holds no live lease (or it has no owner: a log from before leases).

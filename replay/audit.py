@@ -15,10 +15,11 @@ from replay.reproduce import reproduce
 from replay.turns import steps
 
 
-def check_log(flow: Flow, log: list[ev.Event], *, call_id: str = "call") -> list[Violation]:
+def check_log(flow: Flow, log: list[ev.Event], *, call_id: str = "call",
+              schema_version: int = ev.SCHEMA_VERSION) -> list[Violation]:
     """Reproduce the call, then run every invariant; the violations in seq order."""
     out: list[Violation] = []
-    result = reproduce(flow, log, call_id=call_id)
+    result = reproduce(flow, log, call_id=call_id, schema_version=schema_version)
     if result.divergence is not None:
         d = result.divergence
         lines = d.describe(call_id).splitlines()  # "call 'X' diverged at seq N (the step of ...)", then details

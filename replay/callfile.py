@@ -1,7 +1,8 @@
 """A call as one JSON Lines file (`engine export`): the flow on the first line, then one event a line.
 
-Line 1 is ``{"flow": <the flow as JSON>, "call_id": ...}``; every other line is one event's envelope as
-engine.events.dumps writes it. Such a file is a regression test by itself (tests/callhelper.py): it holds
+Line 1 is ``{"flow": <the flow as JSON>, "call_id": ..., "schema_version": N}`` (no version: 1); every
+other line is one event's envelope as
+engine.codec.dumps writes it. Such a file is a regression test by itself (tests/callhelper.py): it holds
 everything a replay needs.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from engine import codec
 from engine import events as ev
 from engine.flow import Flow
 
@@ -27,18 +29,22 @@ class CallFile:
     flow: Flow
     events: list[ev.Event]
     outcome: str | None = None
+    schema_version: int = ev.SCHEMA_VERSION
 
 
-def dump(call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None) -> str:
+def dump(call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None,
+         schema_version: int = ev.SCHEMA_VERSION) -> str:
     head = json.dumps({"flow": flow.model_dump(mode="json"), "call_id": call_id,
-                       **({"outcome": outcome} if outcome else {})}, ensure_ascii=False)
-    return "\n".join([head, *(ev.dumps(call_id, e) for e in events)]) + "\n"
+                       **({"outcome": outcome} if outcome else {}), "schema_version": schema_version},
+                      ensure_ascii=False)
+    return "\n".join([head, *(codec.dumps(call_id, e) for e in events)]) + "\n"
 
 
-def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None) -> None:
+def write(path: str | Path, call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None,
+          schema_version: int = ev.SCHEMA_VERSION) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(dump(call_id, flow, events, outcome), encoding="utf-8")
+    p.write_text(dump(call_id, flow, events, outcome, schema_version), encoding="utf-8")
 
 
 def load(path: str | Path) -> CallFile:
@@ -63,10 +69,13 @@ def load(path: str | Path) -> CallFile:
         if not line.strip():
             continue
         try:
-            events.append(ev.loads(line))
+            events.append(codec.loads(line))
         except ev.EventError as exc:
             raise CallFileError(f"{p}:{n}: {exc}") from None
     call_id = head.get("call_id") or (json.loads(lines[1]).get("call_id") if len(lines) > 1 else None) or p.stem
+    version = head.get("schema_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= ev.SCHEMA_VERSION:
+        raise CallFileError(f"{p}:1: schema_version {version!r}: this engine reads 1 to {ev.SCHEMA_VERSION}")
     outcome = head.get("outcome")
     return CallFile(call_id=str(call_id), flow=flow, events=events,
-                    outcome=outcome if isinstance(outcome, str) else None)
+                    outcome=outcome if isinstance(outcome, str) else None, schema_version=version)

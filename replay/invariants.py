@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from engine import events as ev
 from engine.flow import Flow
+from engine.states import CallState
 from replay.turns import Step
 
 
@@ -74,7 +75,7 @@ def barge_in_is_atomic(steps: list[Step], flow: Flow) -> list[Violation]:
 
 def requests_closed_at_end(steps: list[Step], flow: Flow) -> list[Violation]:
     """Every StartLlm, CallTool and SetTimer is answered or cancelled by the end of the call."""
-    if not steps or steps[-1].after != "ended":
+    if not steps or steps[-1].after != CallState.ENDED:
         return []
     open_: dict[int, str] = {}
     answers = {ev.LlmDone: ev.StartLlm, ev.LlmError: ev.StartLlm, ev.ToolResult: ev.CallTool,
@@ -129,7 +130,7 @@ def no_reply_over_caller(steps: list[Step], flow: Flow) -> list[Violation]:
 
 def ended_after_call_ended(steps: list[Step], flow: Flow) -> list[Violation]:
     return [Violation("ended_after_call_ended", st.event.seq, f"state {st.after!r} after CallEnded")
-            for st in steps if isinstance(st.event, ev.CallEnded) and st.after != "ended"]
+            for st in steps if isinstance(st.event, ev.CallEnded) and st.after != CallState.ENDED]
 
 
 Predicate = Callable[[list[Step], Flow], list[Violation]]

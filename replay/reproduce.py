@@ -6,12 +6,15 @@ caused it, and the fields that differ.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
+from engine import codec
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine, EngineMisuse
+from engine.states import CallState
 
 
 @dataclass
@@ -31,7 +34,7 @@ class Divergence:
         lines.append(f"  logged:   {_show(self.logged)}")
         lines.append(f"  replayed: {_show(self.replayed)}")
         if self.logged is not None and self.replayed is not None and type(self.logged) is type(self.replayed):
-            a, b = ev.to_record(call_id, self.logged), ev.to_record(call_id, self.replayed)
+            a, b = codec.to_record(call_id, self.logged), codec.to_record(call_id, self.replayed)
             for key in ("t_ms", "cause"):
                 if a[key] != b[key]:
                     lines.append(f"  {key}: {a[key]!r} != {b[key]!r}")
@@ -51,8 +54,18 @@ class Reproduction:
         return self.divergence is None
 
 
-def reproduce(flow: Flow, log: list[ev.Event], *, call_id: str = "call") -> Reproduction:
-    """Feed the logged inputs in order; every produced effect must equal the next logged effect."""
+def as_logged(effect: ev.Effect, schema_version: int) -> ev.Effect:
+    """An effect as a log of that schema version would hold it. Versions 1 and 2 had no CLOSING state: the
+    last line of a call played in SPEAKING, and its Ignored effects named that state."""
+    if schema_version < 3 and isinstance(effect, ev.Ignored) and effect.state == CallState.CLOSING:
+        return dataclasses.replace(effect, state=CallState.SPEAKING.value)
+    return effect
+
+
+def reproduce(flow: Flow, log: list[ev.Event], *, call_id: str = "call",
+              schema_version: int = ev.SCHEMA_VERSION) -> Reproduction:
+    """Feed the logged inputs in order; every produced effect must equal the next logged effect (as a log
+    of ``schema_version`` holds it: older logs still reproduce)."""
     machine = CallMachine(flow, call_id=call_id)
     i = 0
     while i < len(log):
@@ -68,7 +81,7 @@ def reproduce(flow: Flow, log: list[ev.Event], *, call_id: str = "call") -> Repr
         if stamped != logged_input:
             return Reproduction(i, Divergence(logged_input.seq, logged_input, logged_input, stamped,
                                               "the input was stamped differently"))
-        for effect in effects:
+        for effect in (as_logged(x, schema_version) for x in effects):
             logged = log[i] if i < len(log) else None
             if logged != effect:
                 return Reproduction(i, Divergence(effect.seq, stamped, logged, effect))
@@ -88,7 +101,7 @@ def _label(e: ev.Event) -> str:
 def _show(e: ev.Event | None) -> str:
     if e is None:
         return "(nothing)"
-    data = ev.to_record("", e)["data"]
+    data = codec.to_record("", e)["data"]
     return f"seq {e.seq} t={e.t_ms} {type(e).__name__} {_short(data, 160)}"
 
 

@@ -19,12 +19,13 @@ from typing import Any
 
 from engine import events as ev
 from engine.flow import Flow
-from engine.machine import TRANSITIONS
+from engine.machine import AGENT_TABLE
+from engine.states import BUSY, CallState
 from replay.turns import Step, Turn, steps, takes_turn, turns
 
 NO_WORDS = "(no words)"
-#: trigger -> the state it leads to (each trigger of the table has one destination)
-DEST: dict[str, str] = {row["trigger"]: row["dest"] for row in TRANSITIONS}
+#: trigger -> the agent state it leads to (each trigger of the agent's table has one destination)
+DEST: dict[str, CallState] = {row["trigger"]: row["dest"] for row in AGENT_TABLE}
 LANES = ("caller", "agent", "state", "llm", "tts", "tools", "fillers", "barge-ins", "timers")
 
 
@@ -157,7 +158,7 @@ class _Builder:
         self.false_interruptions: list[int] = []
         self.fillers: list[int] = []
         self.reprompts: list[int] = []
-        self.state_from = (0, "listening")
+        self.state_from: tuple[int, str] = (0, CallState.LISTENING)
         self.last_speech: Span | None = None
 
     # --------------------------------------------------------------------------------- spans
@@ -199,7 +200,7 @@ class _Builder:
                                          "false interruption: no words came, the unheard rest is resumed",
                                          "resume", e.seq))
                 row.effects.append("false interruption: resume")
-            path = [st.before, *(DEST[t] for t in st.triggers)]
+            path = [st.before, *(DEST[t] for t in st.triggers if t in DEST)]  # the floor's rows aside
             if len(path) > 1:
                 row.state = " → ".join(path)
                 start, name = self.state_from
@@ -226,7 +227,7 @@ class _Builder:
         match e:
             case ev.SpeechStarted():
                 self.speech_from, self.speech_words, self.speech_interim = t, [], ""
-                if st.before in ("thinking", "speaking", "tool_pending"):
+                if st.before in BUSY:
                     self.cand_from = t
                 row.caller.append("(starts speaking)")
             case ev.SpeechStopped():

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine
+from engine.states import CallState
 
 
 @dataclass
 class Step:
     event: ev.Input
-    before: str
-    after: str
+    before: CallState
+    after: CallState
     effects: list[ev.Effect]
     #: The transitions this input fired, in order (filled by ``steps(..., watch=True)`` only). A step can
     #: pass through a state: a barge-in is speaking -> interrupted -> listening in one input.
@@ -150,29 +151,45 @@ class Segment:
         return self.end_ms - self.start_ms
 
 
-class _Watched(CallMachine):
-    """The call machine, noting which rows of its transition table each input took."""
+class TurnClock:
+    """Voice to voice, defined once and fed step by step (live by `engine serve`'s metrics, offline by
+    ``turns``): the first agent audio sent after a caller turn is taken, minus the end of the caller's
+    speech (the VAD's measured end, else the STT's word end; a keypress: its own time)."""
 
-    fired: list[str]
+    def __init__(self) -> None:
+        self.speech_end: int | None = None  # of the speech not yet part of a taken turn
+        self.turn_end: int | None = None  # of the turn taken last: voice to voice counts from here
+        self.waiting = False  # a turn was taken and no audio has answered it yet
 
-    def fire(self, trigger: str) -> bool:
-        ok = super().fire(trigger)
-        if ok:
-            self.fired.append(trigger)
-        return ok
+    def observe(self, e: ev.Input, effects: list[ev.Effect], before: str, after: str = "") -> int | None:
+        """One step of the machine; returns the turn's voice to voice at the step that answers it."""
+        if isinstance(e, ev.SpeechStopped):
+            self.speech_end = e.end_ms if e.end_ms is not None else e.t_ms
+        elif isinstance(e, ev.Transcript) and e.is_final and e.end_ms is not None \
+                and before in (CallState.LISTENING, CallState.INTERRUPTED) \
+                and (self.speech_end is None or self.speech_end < (e.start_ms or 0)):
+            self.speech_end = e.end_ms  # the STT's word end, when the VAD gave none for these words
+        if any(isinstance(x, ev.Respond) for x in effects):
+            self.turn_end = e.t_ms if isinstance(e, ev.Dtmf) else self.speech_end
+            self.speech_end, self.waiting = None, True
+        audio = next((x for x in effects if isinstance(x, ev.SendAudio)), None)
+        if self.waiting and audio is not None:
+            self.waiting = False
+            return None if self.turn_end is None else audio.t_ms - self.turn_end
+        return None
 
 
 def steps(flow: Flow, log: list[ev.Event], *, watch: bool = False) -> list[Step]:
     """Re-run the machine over the logged inputs, keeping the state before and after each one (and, with
     ``watch``, the transitions each input fired)."""
-    machine = _Watched(flow)
+    machine = CallMachine(flow)
+    view = machine.view
     out = []
     for e in log:
         if isinstance(e, ev.Input):
-            machine.fired = []
-            before = machine.state
+            before = view.state
             _, effects = machine.step(e)
-            out.append(Step(e, before, machine.state, effects, machine.fired if watch else []))
+            out.append(Step(e, before, view.state, effects, list(view.fired) if watch else []))
     return out
 
 
@@ -185,7 +202,7 @@ def takes_turn(st: Step) -> bool:
 def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
     result: list[Turn] = []
     finals: list[str] = []
-    speech_end: int | None = None
+    clock = TurnClock()
     final_t: int | None = None
     speaks: dict[int, Turn] = {}
     llm_turn: dict[int, Turn] = {}
@@ -195,20 +212,16 @@ def turns(flow: Flow, log: list[ev.Event]) -> list[Turn]:
     tts_first: dict[int, int] = {}  # Speak seq -> its first audio byte
     for st in steps(flow, log):
         e = st.event
-        if isinstance(e, ev.SpeechStopped):
-            speech_end = e.end_ms if e.end_ms is not None else e.t_ms
-        elif isinstance(e, ev.Transcript) and e.is_final and st.before in ("listening", "interrupted"):
+        if isinstance(e, ev.Transcript) and e.is_final and st.before in (CallState.LISTENING, CallState.INTERRUPTED):
             finals.append(e.text)
             final_t = e.t_ms
-            if e.end_ms is not None and (speech_end is None or speech_end < (e.start_ms or 0)):
-                speech_end = e.end_ms
+        clock.observe(e, st.effects, st.before)
         taken = takes_turn(st)
         if taken:
             caller = " ".join(finals) if not isinstance(e, ev.Dtmf) else f"[DTMF {e.digit}]"
-            end = speech_end if not isinstance(e, ev.Dtmf) else e.t_ms
-            result.append(Turn(index=len(result) + 1, t_ms=e.t_ms, caller=caller, speech_end_ms=end,
+            result.append(Turn(index=len(result) + 1, t_ms=e.t_ms, caller=caller, speech_end_ms=clock.turn_end,
                                final_ms=final_t if not isinstance(e, ev.Dtmf) else e.t_ms))
-            finals, speech_end, final_t = [], None, None
+            finals, final_t = [], None
         turn = result[-1] if result else None
         if isinstance(e, ev.LlmToken) and e.cause in llm_turn:
             t = llm_turn[e.cause]

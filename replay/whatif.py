@@ -144,7 +144,7 @@ class WhatIf:
         for e in self.logged.caller:
             self.at(e.t_ms, replace(e, seq=0), rank=e.seq)
         limit = self.flow.turn_taking.max_call_ms + 60_000
-        while not self.machine.ended and (p := self.world.next(limit)) is not None:
+        while not self.machine.view.ended and (p := self.world.next(limit)) is not None:
             if isinstance(p.note, _Need):
                 self.stop(p.t_ms, p.note.effect, p.note.why)
                 break

@@ -20,6 +20,7 @@ from engine import events as ev
 from engine.flow import Flow, ScriptedReply
 from engine.machine import CallMachine
 from engine.playback import MS_PER_CHAR
+from engine.states import CallState
 from sim.script import CallerTurn, CallScript, CannedTool, speech_ms
 from sim.world import World
 
@@ -30,7 +31,7 @@ ToolRunner = Callable[[ev.CallTool], Awaitable[tuple[ev.ToolResult, int]]]
 @dataclass
 class OfflineResult:
     log: list[ev.Event]
-    state: str
+    state: CallState
     outcome: str
 
 
@@ -66,18 +67,18 @@ class OfflineCall:
     async def run(self) -> OfflineResult:
         self.at(0, ev.CallStarted(t_ms=0, call_sid="CAoffline", stream_sid="MZoffline", seed=self.script.seed))
         limit = self.flow.turn_taking.max_call_ms + 60_000
-        while not self.machine.ended and (p := self.world.next(limit)) is not None:
+        while not self.machine.view.ended and (p := self.world.next(limit)) is not None:
             stamped, effects = self.world.feed(self.machine, p)
             self.record(stamped)
             for effect in effects:
                 self.record(effect)
                 await self.carry_out(effect)
             self.maybe_schedule_caller()
-        if not self.machine.ended:
+        if not self.machine.view.ended:
             for event in self.world.finish(self.machine, "script_end"):
                 self.record(event)
             self.outcome = "script_end"
-        return OfflineResult(log=self.log, state=self.machine.state, outcome=self.outcome)
+        return OfflineResult(log=self.log, state=self.machine.view.state, outcome=self.outcome)
 
     def record(self, event: ev.Event) -> None:
         self.log.append(event)
@@ -149,15 +150,16 @@ class OfflineCall:
     # ---------------------------------------------------------------------------------- the caller
 
     def maybe_schedule_caller(self) -> None:
-        m, now = self.machine, self.machine.now
+        m = self.machine.view
+        now = m.now
         if self.next_turn >= len(self.turns) or m.ended or now < self.caller_busy_until:
             return
         turn = self.turns[self.next_turn]
         if turn.barge_in_after_ms is not None:
-            if self.audio_since_turn and m.playback.active:
+            if self.audio_since_turn and m.playing:
                 self.start_turn(now + turn.barge_in_after_ms)
             return
-        idle = (m.state == "listening" and not m.user_pending and not m.caller_speaking
+        idle = (m.state == CallState.LISTENING and not m.caller_words_pending and not m.caller_talking
                 and self.world.play_end <= now and "endpoint" not in m.timers
                 and (self.audio_since_turn or not self.wait_for_agent))
         if idle:

@@ -8,7 +8,7 @@ Rules:
 - The phone plays SendAudio in real time, one chunk after another. Each SendMark is echoed (PlaybackMark)
   when the audio sent before it has played; a ClearPlayback drops what is queued and echoes every pending
   mark at once. Both as Twilio Media Streams documents ``mark`` and ``clear`` (shared/reference/protocols.md).
-- Imports engine.events only, so replay/ may use it.
+- Imports engine only (never adapters), so replay/ may use it.
 """
 
 from __future__ import annotations
@@ -17,21 +17,12 @@ import dataclasses
 import heapq
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from engine import events as ev
+from engine.machine import CallMachine
 
 CANCELS = (ev.CancelLlm, ev.CancelTts, ev.CancelTool, ev.CancelTimer)
-
-
-class Steppable(Protocol):
-    """What the world needs of a machine: feed one input, get it stamped with its effects."""
-
-    @property
-    def now(self) -> int: ...
-    @property
-    def ended(self) -> bool: ...
-    def step(self, event: ev.Input) -> tuple[ev.Input, list[ev.Effect]]: ...
 
 
 @dataclass(order=True)
@@ -69,16 +60,16 @@ class World:
         return None
 
     @staticmethod
-    def feed(machine: Steppable, p: Pending) -> tuple[ev.Input, list[ev.Effect]]:
+    def feed(machine: CallMachine, p: Pending) -> tuple[ev.Input, list[ev.Effect]]:
         assert p.event is not None
         return machine.step(dataclasses.replace(p.event, t_ms=p.t_ms))
 
     @staticmethod
-    def finish(machine: Steppable, reason: str) -> list[ev.Event]:
+    def finish(machine: CallMachine, reason: str) -> list[ev.Event]:
         """End a call the world has nothing more for (the script or the log ran out)."""
-        if machine.ended:
+        if machine.view.ended:
             return []
-        stamped, effects = machine.step(ev.CallEnded(t_ms=machine.now, reason=reason))
+        stamped, effects = machine.step(ev.CallEnded(t_ms=machine.view.now, reason=reason))
         return [stamped, *effects]
 
     # ---------------------------------------------------------------------------------- the line

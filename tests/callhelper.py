@@ -31,7 +31,7 @@ def assert_call_reproduces(path: str | Path, turns: int | None = None, max_v2v_m
     if not p.is_absolute() and not p.exists():
         p = ROOT / p
     call = callfile.load(p)
-    violations = check_log(call.flow, call.events, call_id=call.call_id)
+    violations = check_log(call.flow, call.events, call_id=call.call_id, schema_version=call.schema_version)
     assert not violations, f"{p.name}:\n" + "\n".join(str(v) for v in violations)
     ts = turns_of(call.flow, call.events)
     if turns is not None:

@@ -21,7 +21,7 @@ def flow(**overrides: Any) -> Flow:
     return Flow.model_validate(data)
 
 
-class CallScript:
+class MachineDriver:
     def __init__(self, flow: Flow = QUIET_FLOW, *, seed: int = 0) -> None:
         self.m = CallMachine(flow)
         self.log: list[ev.Event] = []
@@ -29,7 +29,12 @@ class CallScript:
 
     @property
     def state(self) -> str:
-        return self.m.state
+        return self.m.view.state
+
+    @property
+    def llm(self) -> int | None:
+        """The seq of the open StartLlm."""
+        return self.m.view.open_llm
 
     def feed(self, event: ev.Input) -> list[ev.Effect]:
         stamped, effects = self.m.step(event)
@@ -57,7 +62,7 @@ class CallScript:
 
     def answer(self, t_ms: int, *tokens: str, done: bool = True) -> list[ev.Effect]:
         """The open LLM request streams `tokens` (one ms apart) and finishes."""
-        start = self.m.llm
+        start = self.m.view.open_llm
         assert start is not None, "no LLM request is open"
         out: list[ev.Effect] = []
         for i, tok in enumerate(tokens):
@@ -73,7 +78,7 @@ class CallScript:
             self.feed(ev.TtsAudio(t_ms=t, cause=speak.seq, duration_ms=chunk_ms))
         self.feed(ev.TtsDone(t_ms=t, cause=speak.seq))
         for mark in [e for e in self.log if isinstance(e, ev.SendMark) and e.seq > speak.seq]:
-            if mark.name in self.m.playback._mark_owner:
+            if self.m.view.mark_awaited(mark.name):
                 t += chunk_ms
                 self.feed(ev.PlaybackMark(t_ms=t, name=mark.name, cause=mark.seq))
         return t

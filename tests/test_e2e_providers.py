@@ -9,7 +9,7 @@ tests below read their logs. Faults that do not interfere share a call:
   429 (retry-after 0.3 s) and turn 2 with a 500 before succeeding, and is 1.5 s slow to its first byte in
   turn 4;
 - llm_and_tts_failures: Groq fails turn 1 with 500 twice, truncates its stream in turn 3, and the Aura
-  socket drops at the 4th line (the long answer's first sentence) and its reconnect is refused with a 500;
+  socket drops at the long answer's first sentence and its reconnect is refused with a 500;
 - late_stt_speech_started: a short answer whose Deepgram SpeechStarted comes after the local VAD's stop
   (a regression call for 347e999 and 0c68d1b: the STT's SpeechStarted used to hold the floor for good,
   swallowing the reply, and the no_reply_over_caller invariant counted it as the caller speaking).
@@ -64,11 +64,11 @@ SCENARIOS = [
     }),
     # The failures of turns 1 and 3 come after the turn is taken (delay_s, ttft_s): an LLM error during the
     # preemptive phase is dropped and the turn retried, which would only consume the next two items.
-    Scenario("llm_and_tts_failures", speak_faults=SpeakFaults(drop_on_speak=(4,), refuse_after_drop=500), groq={
+    Scenario("llm_and_tts_failures", groq={
         **REPLIES,
         CALLER[0]: [HttpError(500, delay_s=0.4), HttpError(500), HttpError(500), HttpError(500)],
         CALLER[2]: [TRUNCATED, TRUNCATED],
-    }),
+    }, speak_faults=SpeakFaults(drop_on_text="It's running a day late.", refuse_after_drop=500)),
 ]
 #: A short answer ("Yes.", 0.3 s of speech) whose Deepgram SpeechStarted arrives 0.6 s after the speech began,
 #: so after the local VAD's SpeechStopped.

@@ -9,7 +9,7 @@ import pytest
 
 from callstate.cli import main
 from callstate.logs import load_call
-from engine import events as ev
+from engine import codec
 from replay import callfile
 from tests.callhelper import BARGE_AND_TOOL, assert_call_reproduces, make_call
 
@@ -29,8 +29,8 @@ def test_first_line_is_the_flow_then_one_event_a_line(exported: tuple[Path, Path
     lines = out.read_text().splitlines()
     head = json.loads(lines[0])
     assert head["flow"] == call.flow.model_dump(mode="json")
-    assert [ev.loads(line) for line in lines[1:]] == call.events
-    assert lines[1:] == [ev.dumps("c1", e) for e in call.events]
+    assert [codec.loads(line) for line in lines[1:]] == call.events
+    assert lines[1:] == [codec.dumps("c1", e) for e in call.events]
 
 
 def test_an_exported_call_is_a_regression_test(exported: tuple[Path, Path]) -> None:

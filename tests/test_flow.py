@@ -214,10 +214,12 @@ def test_render_states_expands_lists_and_wildcards() -> None:
 def test_graph_prints_states_then_node_flowchart(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(graph, "_machine", lambda: (FAKE_TABLE, "listening"))
+    monkeypatch.setattr(graph, "_floor", lambda: (FAKE_TABLE[:1], "silent"))
     code, out, _ = run_cli(capsys, "graph", "--only", "all", "flows/support_line.yaml")
     assert code == 0
-    states, nodes = out.split("\n\n")
+    states, floor, nodes = out.split("\n\n")
     assert states == graph.render_states(FAKE_TABLE, "listening")
+    assert floor == graph.render_states(FAKE_TABLE[:1], "silent")
     lines = nodes.splitlines()
     assert lines[0] == "flowchart TD"
     expected = [
@@ -250,8 +252,10 @@ def test_graph_draws_the_real_machine_table(capsys: pytest.CaptureFixture[str]) 
     code, out, _ = run_cli(capsys, "graph", "--markdown")
     assert code == 0
     assert out.startswith("```mermaid\nstateDiagram-v2\n    [*] --> listening\n")
-    for row in machine.TRANSITIONS:
+    for row in [*machine.AGENT_TABLE, *machine.FLOOR_TABLE]:  # both halves, every row
         source = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        if source[0] != "*":
-            assert f"    {source[0]} --> {row['dest']}: {row['trigger']}" in out
+        assert f"    {source[0]} --> {row['dest']}: {row['trigger']}" in out
     assert "    ended --> [*]" in out
+    assert "    closing --> ended: end" in out
+    assert "    speaking --> interrupted: barge_in [barge_in_confirmed]" in out
+    assert "stateDiagram-v2\n    [*] --> silent\n" in out

@@ -7,15 +7,15 @@ import pytest
 from engine import events as ev
 from engine.flow import Flow
 from engine.machine import CallMachine, EngineMisuse
-from tests.helpers import QUIET_FLOW, CallScript, flow, types
+from tests.helpers import QUIET_FLOW, MachineDriver, flow, types
 
 EP = QUIET_FLOW.turn_taking.endpointing
 
 
 def speaking_call(tokens: tuple[str, ...] = ("Sure, I can help with that. ", "What is the number? "),
-                  *, done: bool = True, f: Flow = QUIET_FLOW) -> tuple[CallScript, list[ev.Speak]]:
+                  *, done: bool = True, f: Flow = QUIET_FLOW) -> tuple[MachineDriver, list[ev.Speak]]:
     """A call where the caller asked something and the agent's reply audio is going out."""
-    c = CallScript(f)
+    c = MachineDriver(f)
     c.say(1000, "Is my shipment delayed?")
     c.fire("endpoint")
     c.answer(2300, *tokens, done=done)
@@ -36,20 +36,20 @@ def speaking_call(tokens: tuple[str, ...] = ("Sure, I can help with that. ", "Wh
     ("It's 451992.", EP.on_number_ms),
 ])
 def test_endpoint_wait_depends_on_how_the_transcript_ends(text: str, wait: int) -> None:
-    c = CallScript()
+    c = MachineDriver()
     effects = c.say(1000, text)
     timer = next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint")
     assert timer.at_ms == max(1950, 1800 + wait)  # counted from the end of speech (1800), not the final
 
 
 def test_flow_regex_rule_sets_its_own_wait() -> None:
-    c = CallScript(flow(turn_taking={"endpointing": {"rules": [{"pattern": r"account number", "wait_ms": 2500}]}}))
+    c = MachineDriver(flow(turn_taking={"endpointing": {"rules": [{"pattern": r"account number", "wait_ms": 2500}]}}))
     effects = c.say(1000, "My account number is.")
     assert next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint").at_ms == 1800 + 2500
 
 
 def test_new_speech_cancels_the_endpoint_wait() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.say(1000, "I need to")
     timer = c.last(ev.SetTimer)
     effects = c.feed(ev.SpeechStarted(t_ms=2000))
@@ -58,7 +58,7 @@ def test_new_speech_cancels_the_endpoint_wait() -> None:
 
 
 def test_endpoint_is_not_taken_while_the_caller_speaks_and_is_rearmed_when_they_stop() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.feed(ev.SpeechStarted(t_ms=1000))
     c.feed(ev.Transcript(t_ms=1500, text="Yes.", is_final=True))
     effects = c.fire("endpoint")
@@ -68,7 +68,7 @@ def test_endpoint_is_not_taken_while_the_caller_speaks_and_is_rearmed_when_they_
 
 
 def test_preemptive_generation_is_kept_when_the_turn_is_confirmed() -> None:
-    c = CallScript()
+    c = MachineDriver()
     effects = c.say(1000, "Is my shipment delayed?")
     start = next(e for e in effects if isinstance(e, ev.StartLlm))
     assert start.preemptive and start.messages[-1].content == "Is my shipment delayed?"
@@ -82,7 +82,7 @@ def test_preemptive_generation_is_kept_when_the_turn_is_confirmed() -> None:
 
 
 def test_preemptive_generation_is_cancelled_when_the_caller_goes_on() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.say(1000, "I want to")
     first = c.last(ev.StartLlm)
     effects = c.say(2500, "change my booking.")
@@ -93,14 +93,14 @@ def test_preemptive_generation_is_cancelled_when_the_caller_goes_on() -> None:
 
 
 def test_the_endpoint_never_comes_before_the_final_transcript() -> None:
-    c = CallScript()
+    c = MachineDriver()
     effects = c.say(1000, "Yes.", final_after_ms=900)  # a slow STT: the final comes 900 ms after speech
     timer = next(e for e in effects if isinstance(e, ev.SetTimer) and e.name == "endpoint")
     assert timer.at_ms == timer.t_ms == 2700
 
 
 def test_speculation_on_the_last_interim_is_kept_when_the_final_agrees() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.feed(ev.SpeechStarted(t_ms=1000))
     c.feed(ev.Transcript(t_ms=1500, text="is my shipment delayed", is_final=False))
     effects = c.feed(ev.SpeechStopped(t_ms=1900, end_ms=1800))
@@ -115,7 +115,7 @@ def test_speculation_on_the_last_interim_is_kept_when_the_final_agrees() -> None
 
 
 def test_speculation_is_redone_when_the_final_differs() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.feed(ev.SpeechStarted(t_ms=1000))
     c.feed(ev.Transcript(t_ms=1500, text="is my shipment", is_final=False))
     spec = next(e for e in c.feed(ev.SpeechStopped(t_ms=1900, end_ms=1800)) if isinstance(e, ev.StartLlm))
@@ -125,7 +125,7 @@ def test_speculation_is_redone_when_the_final_differs() -> None:
 
 
 def test_preemptive_generation_off_starts_the_llm_only_at_the_endpoint() -> None:
-    c = CallScript(flow(turn_taking={"preemptive_generation": False}))
+    c = MachineDriver(flow(turn_taking={"preemptive_generation": False}))
     assert not any(isinstance(e, ev.StartLlm) for e in c.say(1000, "Hello."))
     effects = c.fire("endpoint")
     assert [type(e) for e in effects if isinstance(e, ev.StartLlm)] == [ev.StartLlm]
@@ -135,7 +135,7 @@ def test_preemptive_generation_off_starts_the_llm_only_at_the_endpoint() -> None
 # ----------------------------------------------------------------------------------- streaming
 
 def test_reply_is_spoken_at_the_first_clause_not_at_the_end() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.say(1000, "Hi.")
     c.fire("endpoint")
     effects = c.answer(2300, "Sure, I can ", "check that ", "for you", done=False)
@@ -145,7 +145,7 @@ def test_reply_is_spoken_at_the_first_clause_not_at_the_end() -> None:
 
 
 def test_streaming_off_speaks_the_whole_reply_at_llm_done() -> None:
-    c = CallScript(flow(turn_taking={"streaming": {"first_clause": False}}))
+    c = MachineDriver(flow(turn_taking={"streaming": {"first_clause": False}}))
     c.say(1000, "Hi.")
     c.fire("endpoint")
     assert not [e for e in c.answer(2300, "One. ", "Two. ", done=False) if isinstance(e, ev.Speak)]
@@ -254,7 +254,7 @@ def test_audio_after_a_barge_in_is_dropped() -> None:
 # ----------------------------------------------------------------------------------- fillers
 
 def test_one_filler_after_the_silence_and_never_a_second() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.say(1000, "Is it delayed?")
     c.fire("endpoint")  # t = 2000: 200 ms after the speech ended at 1800
     effects = c.fire("filler")
@@ -265,7 +265,7 @@ def test_one_filler_after_the_silence_and_never_a_second() -> None:
 
 
 def test_no_filler_when_the_reply_comes_first() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.say(1000, "Hi.")
     c.fire("endpoint")
     c.answer(2300, "Hello there. ")
@@ -277,7 +277,7 @@ def test_filler_phrase_is_chosen_by_the_call_seed() -> None:
     f = flow(fillers=["A.", "B.", "C.", "D.", "E."])
 
     def filler(seed: int) -> str:
-        c = CallScript(f, seed=seed)
+        c = MachineDriver(f, seed=seed)
         c.say(1000, "Hi.")
         c.fire("endpoint")
         return next(e.text for e in c.fire("filler") if isinstance(e, ev.Speak))
@@ -292,10 +292,10 @@ TOOL_FLOW = flow(tools={"lookup": {"description": "Find a shipment", "function":
                                    "messages": {"on_delay": [{"after_ms": 800, "text": "Let me check that."}]}}})
 
 
-def tool_call(c: CallScript) -> ev.CallTool:
+def tool_call(c: MachineDriver) -> ev.CallTool:
     c.say(1000, "Is 451992 delayed?")
     c.fire("endpoint")
-    start = c.m.llm
+    start = c.llm
     c.feed(ev.LlmToolCall(t_ms=2300, cause=start, tool_call_id="call_1", name="lookup",
                           arguments='{"id": "451992"}'))
     c.feed(ev.LlmDone(t_ms=2301, cause=start, finish_reason="tool_calls"))
@@ -303,7 +303,7 @@ def tool_call(c: CallScript) -> ev.CallTool:
 
 
 def test_tool_call_runs_and_its_result_goes_back_to_the_llm() -> None:
-    c = CallScript(TOOL_FLOW)
+    c = MachineDriver(TOOL_FLOW)
     call = tool_call(c)
     assert (call.name, call.arguments, c.state) == ("lookup", '{"id": "451992"}', "tool_pending")
     effects = c.feed(call.result(t_ms=2500, body='{"status": "on_time"}'))
@@ -315,14 +315,14 @@ def test_tool_call_runs_and_its_result_goes_back_to_the_llm() -> None:
 
 
 def test_slow_tool_says_its_delay_message_only_once_due() -> None:
-    c = CallScript(TOOL_FLOW)
+    c = MachineDriver(TOOL_FLOW)
     call = tool_call(c)
     effects = c.fire(f"tool_delay:{call.seq}:0")
     assert [(e.text, e.t_ms) for e in effects if isinstance(e, ev.Speak)] == [("Let me check that.", 2301 + 800)]
 
 
 def test_tool_error_is_spoken_and_told_to_the_llm() -> None:
-    c = CallScript(TOOL_FLOW)
+    c = MachineDriver(TOOL_FLOW)
     call = tool_call(c)
     effects = c.feed(call.result(t_ms=2500, body='{"error": "timeout"}', ok=False, error="timeout"))
     assert [e.purpose for e in effects if isinstance(e, ev.Speak)] == ["tool_message"]
@@ -330,7 +330,7 @@ def test_tool_error_is_spoken_and_told_to_the_llm() -> None:
 
 
 def test_late_tool_result_after_hangup_is_ignored() -> None:
-    c = CallScript(TOOL_FLOW)
+    c = MachineDriver(TOOL_FLOW)
     call = tool_call(c)
     c.feed(ev.CallEnded(t_ms=2400))
     assert c.last(ev.CancelTool).cause == call.seq
@@ -341,7 +341,7 @@ def test_late_tool_result_after_hangup_is_ignored() -> None:
 # ----------------------------------------------------------------------------------- idle and end
 
 def test_idle_reprompts_then_says_goodbye_and_hangs_up() -> None:
-    c = CallScript()
+    c = MachineDriver()
     for n in (1, 2):
         effects = c.fire("idle")
         speak = next(e for e in effects if isinstance(e, ev.Speak))
@@ -356,9 +356,9 @@ def test_idle_reprompts_then_says_goodbye_and_hangs_up() -> None:
 
 
 def test_no_reprompt_while_a_tool_runs() -> None:
-    c = CallScript(TOOL_FLOW)
+    c = MachineDriver(TOOL_FLOW)
     tool_call(c)
-    assert "idle" not in c.m.timers
+    assert "idle" not in c.m.view.timers
 
 
 def test_max_call_ms_ends_any_call_with_a_goodbye() -> None:
@@ -372,13 +372,13 @@ def test_call_ended_cancels_everything_in_flight() -> None:
     c, _ = speaking_call(done=False)
     effects = c.feed(ev.CallEnded(t_ms=3000))
     assert {"CancelTts", "CancelLlm", "CancelTimer"} <= set(types(effects))
-    assert c.state == "ended" and not c.m.timers
+    assert c.state == "ended" and not c.m.view.timers
 
 
 # ----------------------------------------------------------------------------------- robustness
 
 def test_unknown_cause_and_stale_timers_are_ignored_not_raised() -> None:
-    c = CallScript()
+    c = MachineDriver()
     assert c.feed(ev.LlmToken(t_ms=10, cause=999, text="x"))[0].reason == "unknown_cause"
     assert c.feed(ev.TimerFired(t_ms=20, cause=999, name="endpoint"))[0].reason == "stale_timer"
     assert c.feed(ev.PlaybackMark(t_ms=30, name="m1"))[0].reason == "stale_mark"
@@ -393,7 +393,7 @@ def test_feeding_out_of_order_seq_is_engine_misuse() -> None:
 
 
 def test_inputs_after_the_end_are_ignored() -> None:
-    c = CallScript()
+    c = MachineDriver()
     c.feed(ev.CallEnded(t_ms=100))
     assert c.feed(ev.SpeechStarted(t_ms=200))[0].reason == "call_ended"
 
@@ -402,16 +402,16 @@ def test_dtmf_routes_to_a_node() -> None:
     f = flow(start_node="menu", nodes={
         "menu": {"instructions": "Offer the menu.", "on_dtmf": {"1": "billing"}},
         "billing": {"instructions": "Help with bills.", "say": "Billing, how can I help?"}})
-    c = CallScript(f)
+    c = MachineDriver(f)
     effects = c.feed(ev.Dtmf(t_ms=500, digit="1"))
     assert [type(e).__name__ for e in effects if isinstance(e, ev.EnterNode | ev.Speak)] == ["EnterNode", "Speak"]
-    assert c.state == "speaking" and c.m.context.system.endswith("Help with bills.")
+    assert c.state == "speaking" and c.m.view.messages[0].content.endswith("Help with bills.")
 
 
 def test_the_stts_own_speech_started_never_holds_the_floor() -> None:
     # Deepgram's vad_events SpeechStarted has no matching stop: taking it as the caller's floor held the
     # reply forever (found by tests/test_e2e_providers.py with a late SpeechStarted after the VAD's stop).
-    c = CallScript()
+    c = MachineDriver()
     c.say(1000, "Is it delayed?")
     assert c.feed(ev.SpeechStarted(t_ms=1960, source="stt"))[0].reason == "stt_speech_hint"
     c.fire("endpoint")

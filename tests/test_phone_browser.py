@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.stt_wer import norm
-from engine.events import from_record
+from engine.codec import from_record
 from replay.reproduce import reproduce
 from tests.browser import available, browser_call, colors_in, read_png
 

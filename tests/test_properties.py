@@ -147,7 +147,7 @@ def test_feed_never_raises_and_every_request_is_closed_at_call_end(with_nodes: b
         t += dt
         stamped, effects = machine.step(ev_at(e, t))
         log += [stamped, *effects]
-    assert machine.state == "ended"
+    assert machine.view.ended
     st_ = steps(flow, log)
     violations = invariants.requests_closed_at_end(st_, flow) + invariants.ended_after_call_ended(st_, flow)
     assert violations == []

@@ -9,8 +9,9 @@ from typing import Any
 
 from callstate.providers import build_providers
 from engine import events as ev
+from engine.events import FRAME_BYTES
 from engine.flowload import load_flow
-from engine.runtime import FRAME_BYTES, LiveCall
+from engine.runtime import LiveCall
 from engine.store import MemoryStore
 from tests.fakes.base import wait_for
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.codec import to_record
 from engine.events import (
     SCHEMA_VERSION,
     CallStarted,
@@ -20,7 +21,6 @@ from engine.events import (
     StartLlm,
     ToolSpec,
     Transcript,
-    to_record,
 )
 from engine.store import CallRow, MemoryStore, SqliteStore, Store, StoreError, open_store
 

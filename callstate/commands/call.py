@@ -52,7 +52,7 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
                            finalize_on_vad_stop=stt.finalize_on_vad_stop, stt_endpointing_ms=stt.own_endpointing_ms)
         result = await call.run()
         store.close_call(call_id, outcome=result.outcome, ended_t_ms=result.log[-1].t_ms,
-                         turns=call.machine.turn_count)
+                         turns=call.machine.view.turns)
     finally:
         await runner.close()
         store.close()

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             bad += 1
             continue
         call_id = call.row.call_id if call_id in files else call_id
-        violations = check_log(call.flow, call.events, call_id=call_id)
+        violations = check_log(call.flow, call.events, call_id=call_id, schema_version=call.row.schema_version)
         for v in violations:
             print(f"call {call_id} seq {v.seq}: {v.rule}: {v.message}")
         bad += bool(violations)

@@ -53,7 +53,7 @@ async def _demo(db: str) -> int:
                      us: int) -> None:
             super()._on_step(call, event, effects, before, us)
             if not isinstance(event, ev.CallEnded):  # said below, with the outcome `engine calls` shows
-                for line in step_lines(event, effects, before, str(call.machine.state)):
+                for line in step_lines(event, effects, before, call.machine.view.state):
                     _say(line)
 
     # The demo is a server like `engine serve`: it claims a SQLite log (one live writer per log) and keeps a

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     try:
-        callfile.write(args.out, args.call_id, call.flow, call.events, call.row.outcome)
+        callfile.write(args.out, args.call_id, call.flow, call.events, call.row.outcome, call.row.schema_version)
     except OSError as exc:
         print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """`engine graph [FLOW]`: Mermaid diagrams of the call machine and of a flow's nodes.
 
-The state diagram is drawn from ``engine.machine.TRANSITIONS`` and nothing else, so it can't drift
-from the machine; the flowchart is drawn from the flow's nodes and their transitions.
+The state diagrams are drawn from ``engine.machine.AGENT_TABLE`` and ``FLOOR_TABLE`` and nothing else, so
+they can't drift from the machine; the flowchart is drawn from the flow's nodes and their transitions.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def render_states(transitions: list[Mapping[str, Any]], initial: str | None = No
         label = row["trigger"]
         conditions = row.get("conditions")
         if conditions:
-            label += " [" + ", ".join([conditions] if isinstance(conditions, str) else conditions) + "]"
+            guards = conditions if isinstance(conditions, list) else [conditions]
+            label += " [" + ", ".join(getattr(g, "__name__", str(g)) for g in guards) + "]"
         for s in sources:
             leaving.add(s)
             lines.append(f"    {s} --> {dest or s}: {label}")  # dest None is an internal transition
@@ -94,10 +95,17 @@ def render_nodes(flow: Any) -> str:
 
 
 def _machine() -> tuple[list[Mapping[str, Any]], str | None]:
-    from engine import machine  # imported here: the machine module is the one source of the table
+    """The agent's table and its initial state."""
+    from engine import machine  # imported here: the machine module is the one source of the tables
 
-    states = getattr(machine, "CallState", None)
-    return machine.TRANSITIONS, (next(iter(states)).value if states is not None else None)
+    return machine.AGENT_TABLE, machine.CallState.LISTENING.value
+
+
+def _floor() -> tuple[list[Mapping[str, Any]], str | None]:
+    """The caller's floor: its table and its initial state."""
+    from engine import machine
+
+    return machine.FLOOR_TABLE, machine.Floor.SILENT.value
 
 
 def render_flow(flow: Any) -> str:
@@ -115,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
     diagrams: list[str] = []
     if only in ("states", "all"):
         try:
-            transitions, initial = _machine()
+            halves = [_machine(), _floor()]
         except ImportError as exc:
             print(f"engine graph: can't import engine.machine ({exc})", file=sys.stderr)
             return 1
-        diagrams.append(render_states(transitions, initial))
+        diagrams += [render_states(transitions, initial) for transitions, initial in halves]
     if args.flow and only in ("nodes", "all"):
         from callstate.flows import FlowError, load_flow
 

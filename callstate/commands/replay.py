@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     args.call_id = call.row.call_id  # a file names its call on its first line
-    result = reproduce(call.flow, call.events, call_id=args.call_id)
+    result = reproduce(call.flow, call.events, call_id=args.call_id, schema_version=call.row.schema_version)
     if args.sets or args.flow:
         return _what_if(call, args, reproduced=result.ok)
     if result.divergence is not None:

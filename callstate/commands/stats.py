@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         try:
             call = load_call(args.db, row.call_id)
-            replayed = reproduce(call.flow, call.events, call_id=row.call_id)
+            replayed = reproduce(call.flow, call.events, call_id=row.call_id, schema_version=row.schema_version)
             if replayed.divergence is not None:  # its numbers would be today's machine's, not the call's
                 raise StoreError(f"does not reproduce (diverges at seq {replayed.divergence.seq}; "
                                  f"see `engine replay {row.call_id}`)")

@@ -17,7 +17,8 @@ What each behaviour follows:
 - Idle sockets: how long Aura keeps an unused socket open is unknown; the fake never closes one itself.
 Faults: ``status`` (refuse upgrades, e.g. 500; with ``status_on``, only those upgrades: 1-based, in arrival
 order), ``truncate`` (abort the socket halfway through a line's audio, no Flushed), ``drop_on_speak`` (abort
-the socket when these Flushes arrive, 1-based over the fake, before any audio: a dropped connection;
+the socket when these Flushes arrive, 1-based over the fake, or ``drop_on_text`` once, before any audio: a
+dropped connection;
 with ``refuse_after_drop``, the next upgrade is refused with that status too).
 """
 
@@ -47,6 +48,8 @@ class SpeakFaults:
     status_on: tuple[int, ...] = ()
     #: Abort the socket when these Flushes (1-based, counted over the fake) arrive, before any audio.
     drop_on_speak: tuple[int, ...] = ()
+    #: Abort the socket, once, when a Flush would speak text containing this (before any audio).
+    drop_on_text: str | None = None
     #: After such a drop, refuse the next upgrade with this status (the line then fails for good).
     refuse_after_drop: int | None = None
 
@@ -81,6 +84,7 @@ class DeepgramSpeakFake(FakeServer):
         self.flushes = 0
         self.peak_open = 0
         self._refuse_next: int | None = None
+        self._dropped_on_text = False
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/speak", self._speak)
@@ -143,7 +147,10 @@ class DeepgramSpeakFake(FakeServer):
                     pending.append(data.get("text", ""))
                 elif kind == "Flush":
                     self.flushes += 1
-                    if self.flushes in self.faults.drop_on_speak:
+                    cue = self.faults.drop_on_text
+                    if self.flushes in self.faults.drop_on_speak or (
+                            cue is not None and cue in "".join(pending) and not self._dropped_on_text):
+                        self._dropped_on_text = self._dropped_on_text or (cue is not None and cue in "".join(pending))
                         conn.ended, self._refuse_next = "dropped", self.faults.refuse_after_drop
                         if request.transport is not None:
                             request.transport.abort()
