@@ -120,6 +120,9 @@ class EspeakTts:
 
     voice: str = "en-us"
     words_per_minute: int = 170
+    #: Rendered on this machine, no peer that can go silent: the runtime's TTS silence timeout does not apply
+    #: (a loaded machine renders slowly, it does not hang).
+    silence_timeout_s: float | None = None
 
     def render(self, text: str) -> bytes:
         """All of ``text`` as frame-padded mu-law 8 kHz (blocking: tests, tools)."""

@@ -197,6 +197,7 @@ def _parse_wav(wav: bytes) -> tuple[int, bytes]:
 class LocalTts:
     """The ``local`` provider's TTS (the ``Tts`` port of engine/ports.py)."""
 
+    silence_timeout_s: float | None = None  # rendered here: no peer to go silent (engine/runtime.py)
     words_per_minute: int = 170  # conversational English is 150-180 wpm; 170 is a brisk agent
     #: Delay before the first chunk, standing in for a hosted TTS's time to first byte (0: none). The
     #: render's own time counts toward it, so the first chunk is never later than this unless the

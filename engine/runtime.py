@@ -43,6 +43,7 @@ CHUNK_MS = 200
 CALLER_GONE = ("stop", "ws_closed_without_stop", "hangup", "transfer", "caller_hung_up")
 #: A TTS that sends no audio for this long (first byte, or between chunks) is cut: a provider socket that
 #: stays open and silent must not hold the call's voice forever (issue 11). Real first bytes take ~0.1-0.5 s.
+#: An adapter that renders locally opts out with ``silence_timeout_s = None``.
 TTS_SILENCE_S = 5.0
 
 
@@ -394,7 +395,9 @@ class LiveCall:
                 continue
             try:
                 buf = b""
-                async for chunk in _paced(tts.synthesize(speak), TTS_SILENCE_S):
+                silence_s = getattr(tts, "silence_timeout_s", TTS_SILENCE_S)  # None: a local TTS, no peer
+                chunks = tts.synthesize(speak)
+                async for chunk in chunks if silence_s is None else _paced(chunks, silence_s):
                     buf += chunk
                     if not sent or len(buf) >= CHUNK_MS * ev.BYTES_PER_MS:
                         self._emit_audio(speak, buf)

@@ -54,7 +54,7 @@ async def watch_a_call(watch_port: int, call_port: int, db: str, index: int) -> 
                 assert r.status == 401
         live = asyncio.Event()
         stream = asyncio.ensure_future(read_stream(base, AUTH, live))
-        await asyncio.wait_for(live.wait(), 30)
+        await asyncio.wait_for(live.wait(), 60)
         assert not task.done()  # the first events arrived while the call was still going on
         events = await asyncio.wait_for(stream, 60)
         await task
