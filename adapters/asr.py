@@ -135,6 +135,11 @@ class LocalAsrSession:
             self.cfg.check_keyterms(self.decoder)
 
     async def send_audio(self, mulaw: bytes) -> None:
+        """Audio as it arrives, in 20 ms frames or any run of them (a runtime may batch silence)."""
+        for i in range(0, len(mulaw), FRAME_BYTES):
+            await self._frame(mulaw[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
+
+    async def _frame(self, mulaw: bytes) -> None:
         t_ms = self.frames * FRAME_MS
         self.frames += 1
         change = self.vad.feed(mulaw, t_ms)

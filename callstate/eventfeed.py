@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engine.codec import to_record
 from engine.events import Event
 from engine.store import Store, StoreError
 
@@ -88,7 +87,7 @@ class LocalFeed:
         subs = self.subs.get(call_id)
         if not subs:
             return
-        record = _END if event is None else to_record(call_id, event)
+        record = _END if event is None else self.store.envelope(call_id, event)  # secrets masked, as logged
         in_loop = False
         with contextlib.suppress(RuntimeError):
             in_loop = asyncio.get_running_loop() is self.loop

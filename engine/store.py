@@ -270,7 +270,14 @@ class Store(ABC):
     def pending_records(self, call_id: str) -> list[dict[str, Any]]:
         """The call's envelopes appended but not yet handed to the writer (a live call's tail). Taken in the
         appending thread; with ``load_records`` (which waits for what was handed over) it is the whole log."""
-        return [to_record(cid, e) for cid, e in self._pending if cid == call_id]
+        return [self.envelope(cid, e) for cid, e in self._pending if cid == call_id]
+
+    def envelope(self, call_id: str, event: Event) -> dict[str, Any]:
+        """The event's envelope exactly as the log will hold it: secrets masked (what a reader may see)."""
+        record = to_record(call_id, event)
+        if self.redact:
+            record["data"] = json.loads(self.redact(_encode(record["data"])))
+        return record
 
     def _commit(self, end: End | None) -> None:
         # Serialised here, not in append: append stays a list append on the hot path.

@@ -198,3 +198,53 @@ def test_phone_beyond_loopback_warns(tmp_path: Path) -> None:
     text = "".join(seen)
     assert "!!! --phone on 0.0.0.0" in text, text
     assert "browser phone: open http://127.0.0.1:" in text
+
+
+async def test_local_feed_has_no_gap_and_no_repeat_between_backlog_and_live() -> None:
+    from callstate.eventfeed import LocalFeed
+    from engine import events as ev
+    from engine.store import MemoryStore
+
+    store = MemoryStore()
+    store.open_call("c", started_at="2026-12-02T00:00:00+00:00", flow="f")
+    def event(seq: int) -> ev.Input:
+        return ev.Dtmf(t_ms=seq * 10, seq=seq, digit="1")
+    store.append("c", event(1))
+    store.flush()  # seq 1 in the log, seq 2 still buffered when the stream opens
+    store.append("c", event(2))
+    feed = LocalFeed(store)
+    sub = feed.subscribe("c")
+    store.append("c", event(3))  # after the subscription, before the backlog is read
+    backlog, ended = await feed.backlog("c")
+    assert [r["seq"] for r in backlog] == [1, 2, 3] and not ended  # flushed + buffered, 3 included
+    store.append("c", event(4))
+    store.close_call("c", outcome="hangup", ended_t_ms=40, turns=0)
+    live = [r["seq"] async for r in sub]
+    assert live == [3, 4]  # 3 comes both ways: stream() sends it once, by seq
+    merged = [r["seq"] for r in backlog] + [q for q in live if q > backlog[-1]["seq"]]
+    assert merged == [1, 2, 3, 4]
+    sub.close()
+    assert feed.subs == {}
+    backlog, ended = await feed.backlog("c")
+    assert [r["seq"] for r in backlog] == [1, 2, 3, 4] and ended
+
+
+async def test_the_stream_masks_secrets_as_the_log_does() -> None:
+    from callstate.eventfeed import LocalFeed
+    from engine import events as ev
+    from engine.redact import Redactor
+    from engine.store import MemoryStore
+
+    store = MemoryStore()
+    store.redact = Redactor(["sk-live-123456"])
+    store.open_call("c", started_at="2026-12-02T00:00:00+00:00", flow="f")
+    feed = LocalFeed(store)
+    sub = feed.subscribe("c")
+    leak = ev.ProviderNotice(t_ms=0, seq=1, provider="llm", what="error", detail="401 for key sk-live-123456")
+    store.append("c", leak)
+    tail, _ = await feed.backlog("c")  # still buffered
+    store.close_call("c", outcome="hangup", ended_t_ms=0, turns=0)
+    live = [r async for r in sub]
+    logged = store.load_records("c")
+    assert tail == live == logged
+    assert "sk-live" not in json.dumps(live) and "***" in live[0]["data"]["detail"]

@@ -11,7 +11,6 @@ import argparse
 
 from callstate.commands import serve
 from callstate.logs import DB_HELP, DEFAULT_DB
-from engine.store import DEFAULT_LEASE_S
 
 LOG_LEVEL = "info"  # like serve: one line per call started and ended
 HELP = "talk to a flow from the browser (http://127.0.0.1:PORT/phone); offline unless keys are set"
@@ -25,9 +24,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    args.host, args.phone, args.keyless = "127.0.0.1", True, True
-    args.public_url, args.insecure_skip_signature, args.grace_s = None, False, 5.0
-    args.workers, args.lease_s, args.worker_dir, args.worker_index = "1", DEFAULT_LEASE_S, None, 0
-    args.trusted_proxy, args.max_connections = [], serve.Limits.max_connections
-    args.stream_start_timeout_s = serve.StreamLimits.start_s
+    # Every serve option talk does not take keeps serve's own default (so serve can grow options freely).
+    defaults = argparse.ArgumentParser(add_help=False)
+    serve.configure(defaults)
+    for name, value in vars(defaults.parse_args([])).items():
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    args.host, args.phone, args.keyless, args.grace_s = "127.0.0.1", True, True, 5.0
     return serve.run(args)
