@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.flow import Flow, ProviderConfig
-from engine.runtime import Providers
+from engine.liveparts import Providers
 
 Kind = Literal["stt", "llm", "tts"]
 KINDS: tuple[Kind, ...] = ("stt", "llm", "tts")

@@ -21,8 +21,9 @@ from callstate.phoneauth import Access, PhoneTokens
 from callstate.secrets import logged_flow, replay_risks, secret_values
 from engine import events as ev
 from engine.flow import Flow
+from engine.liveparts import CallLimits, Providers
 from engine.redact import Redactor
-from engine.runtime import CallLimits, LiveCall, Providers
+from engine.runtime import LiveCall
 from engine.states import CallState
 from engine.store import Store, StoreError, is_postgres
 from replay.timeline import tool_failure

@@ -21,14 +21,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 from engine import events as ev
 from engine.flow import Flow
+from engine.liveparts import CallLimits, EngineTimes, Providers, paced, text_size
 from engine.machine import CallMachine
-from engine.ports import Llm, Phone, Stt, Tools, Tts
+from engine.ports import Phone
 from engine.states import CallState
 from engine.store import Store
 
@@ -47,60 +47,11 @@ CALLER_GONE = ("stop", "ws_closed_without_stop", "hangup", "transfer", "caller_h
 TTS_SILENCE_S = 5.0
 
 
-class Vad(Protocol):
-    start_ms: int | None
-    stop_ms: int | None
-
-    def feed(self, frame: bytes, t_ms: int) -> str | None: ...
-
-
-@dataclass
-class Providers:
-    stt: Stt
-    llm: Llm
-    tts: Tts
-    tools: Tools
-    vad: Callable[[], Vad]
-    tts_fallback: Tts | None = None
-    #: Ask the STT for its final when the local VAD hears the caller stop (the provider's own option).
-    finalize_on_vad_stop: bool = True
-
-    async def aclose(self) -> None:
-        """Close the shared clients (HTTP sessions) of the adapters that have them."""
-        for adapter in (self.stt, self.llm, self.tts, self.tools, self.tts_fallback):
-            closer = getattr(adapter, "aclose", None) or getattr(adapter, "close", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer()
-
-
-@dataclass
-class EngineTimes:
-    """Wall-clock measures the log does not hold (they differ between runs by nature)."""
-
-    engine_us_by_seq: dict[int, int] = field(default_factory=dict)  # input seq -> feed + log + dispatch
-
-    @property
-    def engine_us(self) -> list[int]:
-        return list(self.engine_us_by_seq.values())
-    barge_in_us: list[int] = field(default_factory=list)  # input that confirmed a barge-in -> clear sent
-
-
-@dataclass(frozen=True)
-class CallLimits:
-    """What one call may write to the log. A peer can send marks, bad frames and DTMF as fast as it likes
-    (issue 11: 1,500 marks of 60 KB made a 92 MB log for a 2.7 s call): past ``events`` logged events or
-    ``input_bytes`` of input text the call is ended (outcome ``limit``); a mark name longer than
-    ``mark_name_chars`` cannot be one we sent and is dropped. Each hit is counted and logged once per call.
-    The defaults sit far above a real call: max_call_ms (10 min) of talk logs a few thousand events."""
-
-    events: int = 50_000
-    input_bytes: int = 4_000_000
-    mark_name_chars: int = 64
-
-
 #: CallEnded reasons that are not the caller hanging up, and the outcome each gives the call.
 _OUTCOMES = {"shutdown": "shutdown", "error": "error", "limit_events": "limit", "limit_input_bytes": "limit"}
+
+
+DEFAULT_LIMITS = CallLimits()
 
 
 class LiveCall:
@@ -109,7 +60,7 @@ class LiveCall:
     def __init__(self, *, call_id: str, flow: Flow, providers: Providers, phone: Phone, store: Store,
                  seed: int, params: dict[str, str], call_sid: str = "", stream_sid: str = "",
                  on_step: Callable[[LiveCall, ev.Input, list[ev.Effect], str, int], None] | None = None,
-                 limits: CallLimits = CallLimits(), on_limit: Callable[[str], None] | None = None) -> None:
+                 limits: CallLimits = DEFAULT_LIMITS, on_limit: Callable[[str], None] | None = None) -> None:
         self.call_id, self.flow, self.p, self.phone, self.store = call_id, flow, providers, phone, store
         self.machine = CallMachine(flow, call_id=call_id)
         self.loop = asyncio.get_running_loop()
@@ -237,7 +188,7 @@ class LiveCall:
     # ------------------------------------------------------------------------------ per-call limits
 
     def _count(self, stamped: ev.Input, effects: list[ev.Effect]) -> None:
-        self.input_bytes += _text_size(stamped)
+        self.input_bytes += text_size(stamped)
         last_seq = effects[-1].seq if effects else stamped.seq
         if last_seq >= self.limits.events:
             self._cut("events", f"{last_seq} events logged (limit {self.limits.events})")
@@ -397,7 +348,7 @@ class LiveCall:
                 buf = b""
                 silence_s = getattr(tts, "silence_timeout_s", TTS_SILENCE_S)  # None: a local TTS, no peer
                 chunks = tts.synthesize(speak)
-                async for chunk in chunks if silence_s is None else _paced(chunks, silence_s):
+                async for chunk in chunks if silence_s is None else paced(chunks, silence_s):
                     buf += chunk
                     if not sent or len(buf) >= CHUNK_MS * ev.BYTES_PER_MS:
                         self._emit_audio(speak, buf)
@@ -460,38 +411,6 @@ class LiveCall:
                     await self.stt.speech_stopped()
             except Exception as exc:
                 self.emit(ev.ProviderNotice(t_ms=0, provider="stt", what="error", detail=_safe(exc)))
-
-
-_TEXT_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _text_size(event: ev.Event) -> int:
-    """The length of an event's text fields (mark names, transcripts, tokens, notices): what a peer can
-    make large. Field names are found once per event type."""
-    names = _TEXT_FIELDS.get(type(event))
-    if names is None:
-        names = _TEXT_FIELDS[type(event)] = tuple(
-            f.name for f in dataclasses.fields(event) if f.type in ("str", "str | None"))
-    return sum(len(getattr(event, n) or "") for n in names)
-
-
-async def _paced(chunks: AsyncIterator[bytes], silence_s: float) -> AsyncIterator[bytes]:
-    """``chunks``, failing with TimeoutError when the next one takes longer than ``silence_s``."""
-    it = aiter(chunks)
-    try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(it), silence_s)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise TimeoutError(f"no audio for {silence_s:g} s") from None
-            yield chunk
-    finally:
-        closer = getattr(it, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
 
 
 def _restamp(event: ev.Input, t_ms: int) -> ev.Input:

@@ -11,7 +11,8 @@ from urllib.parse import quote
 
 import pytest
 
-from engine.store import MemoryStore, SqliteStore, Store, open_store
+from engine.sqlitestore import MemoryStore, SqliteStore
+from engine.store import Store, open_store
 
 #: The server the PostgreSQL tests use (trust auth on this project's machines).
 PG_URL = os.environ.get("CALLSTATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

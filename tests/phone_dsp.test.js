@@ -114,7 +114,7 @@ test("jitter buffer: after running dry, playback waits for the prebuffer (or a m
 function env(seq, t_ms, type, data = {}, cause = null) { return { call_id: "c", seq, t_ms, kind: "x", type, data, cause }; }
 
 test("call view: heard and cut words, barge-in, voice to voice, tools, fillers, state", () => {
-  const v = new D.CallView();
+  const v = new D.CallView(JSON.parse(process.env.PHONE_STATES_JSON));
   const log = [
     env(1, 0, "CallStarted"),
     env(2, 900, "SpeechStopped", { end_ms: 900 }),

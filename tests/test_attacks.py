@@ -26,7 +26,7 @@ from callstate.providers import build_providers
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine.flowload import load_flow
-from engine.store import SqliteStore
+from engine.sqlitestore import SqliteStore
 from replay.reproduce import reproduce
 from tests.fakes.base import Routes
 
@@ -466,7 +466,7 @@ def test_attack_07_a_flood_of_huge_marks_does_not_grow_the_log(tmp_path: Path) -
 
 def test_attack_07b_a_call_past_its_event_limit_is_ended_and_counted(tmp_path: Path) -> None:
     from callstate.server import Limits
-    from engine.runtime import CallLimits
+    from engine.liveparts import CallLimits
 
     dtmf = json.dumps({"event": "dtmf", "streamSid": "MZ" + "0" * 32, "dtmf": {"digit": "1"}})
 

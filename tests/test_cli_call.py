@@ -12,7 +12,7 @@ from aiohttp import web
 
 from callstate.cli import main
 from engine import events as ev
-from engine.store import SqliteStore
+from engine.sqlitestore import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,8 @@ import pytest
 
 from callstate.cli import main
 from engine.pgstore import MIGRATIONS, PgStore, upgrade
-from engine.store import SQLITE_MIGRATIONS, SqliteStore, StoreError, open_store
+from engine.sqlitestore import SQLITE_MIGRATIONS, SqliteStore
+from engine.store import StoreError, open_store
 from tests.test_store import EVENTS, T0, write_call
 
 V1_ROWS = [  # what a version-1 writer left: one ended call, one open call with no owner column at all

@@ -14,7 +14,7 @@ from callstate.phoneauth import PhoneTokens
 from callstate.providers import build_providers
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
-from engine.store import SqliteStore
+from engine.sqlitestore import SqliteStore
 
 FLOW = resolve_flow(str(Path(__file__).parent / "data" / "local_call.yaml"))
 KEY = "test-api-key"
@@ -203,7 +203,7 @@ def test_phone_beyond_loopback_warns(tmp_path: Path) -> None:
 async def test_local_feed_has_no_gap_and_no_repeat_between_backlog_and_live() -> None:
     from callstate.eventfeed import LocalFeed
     from engine import events as ev
-    from engine.store import MemoryStore
+    from engine.sqlitestore import MemoryStore
 
     store = MemoryStore()
     store.open_call("c", started_at="2026-12-02T00:00:00+00:00", flow="f")
@@ -233,7 +233,7 @@ async def test_the_stream_masks_secrets_as_the_log_does() -> None:
     from callstate.eventfeed import LocalFeed
     from engine import events as ev
     from engine.redact import Redactor
-    from engine.store import MemoryStore
+    from engine.sqlitestore import MemoryStore
 
     store = MemoryStore()
     store.redact = Redactor(["sk-live-123456"])

@@ -8,7 +8,7 @@ import pytest
 
 from callstate.cli import main
 from engine import events as ev
-from engine.store import SqliteStore
+from engine.sqlitestore import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

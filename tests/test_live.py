@@ -20,7 +20,7 @@ from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine import events as ev
 from engine.flow import Flow
-from engine.store import SqliteStore
+from engine.sqlitestore import SqliteStore
 from replay import invariants
 from replay.reproduce import reproduce
 from replay.turns import steps
@@ -202,7 +202,7 @@ def test_a_timer_run_early_by_the_loop_is_stamped_at_its_due_time_and_stamps_nev
     """uvloop runs timers on a millisecond grid: one can run at 699.x ms for a due time of 700 (the soak's
     "filler 699 ms into the turn"). The record must say 700, and nothing after it may say less."""
     from engine.runtime import LiveCall
-    from engine.store import MemoryStore
+    from engine.sqlitestore import MemoryStore
 
     class Phone:
         async def send_audio(self, b: bytes) -> None: ...

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapters.audio import DECODE, ulaw_encode
+from callstate.phone import states_json
 
 HERE = Path(__file__).resolve().parent
 NODE = shutil.which("node")
@@ -28,7 +29,8 @@ def test_phone_dsp_under_node(tmp_path: Path) -> None:
     table = tmp_path / "ulaw.json"
     table.write_text(json.dumps(ref))
     done = subprocess.run([NODE, "--test", str(HERE / "phone_dsp.test.js")], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PHONE_ULAW_JSON": str(table)}, check=False)
+                          timeout=120, env={**os.environ, "PHONE_ULAW_JSON": str(table),
+                               "PHONE_STATES_JSON": states_json()}, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "# fail 0" in done.stdout and "# pass 10" in done.stdout, done.stdout[-2000:]
 

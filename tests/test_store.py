@@ -22,7 +22,8 @@ from engine.events import (
     ToolSpec,
     Transcript,
 )
-from engine.store import CallRow, MemoryStore, SqliteStore, Store, StoreError, open_store
+from engine.sqlitestore import MemoryStore, SqliteStore
+from engine.store import CallRow, Store, StoreError, open_store
 
 T0 = "2025-06-01T10:00:00+00:00"
 EVENTS = [

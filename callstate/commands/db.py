@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from callstate.logs import DB_HELP, DEFAULT_DB, where
-from engine.store import SQLITE_MIGRATIONS, SqliteStore, StoreError, is_postgres
+from engine.sqlitestore import SQLITE_MIGRATIONS, SqliteStore
+from engine.store import StoreError, is_postgres
 
 HELP = "manage the call log's tables: `engine db upgrade` applies pending schema migrations"
 

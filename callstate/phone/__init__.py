@@ -11,10 +11,17 @@ import json
 from functools import cache
 from importlib import resources
 
+from engine.states import CallState
+
 
 @cache
 def _asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def states_json() -> str:
+    """The machine's state names by member, so the page's live view names states as the engine does."""
+    return json.dumps({s.name: s.value for s in CallState})
 
 
 def render_page(*, token: str, flow: str) -> str:
@@ -22,5 +29,6 @@ def render_page(*, token: str, flow: str) -> str:
     return (_asset("page.html")
             .replace("{{TOKEN}}", html.escape(token, quote=True))
             .replace("{{FLOW}}", html.escape(flow))
+            .replace("{{STATES}}", states_json())
             .replace("{{DSP}}", _asset("dsp.js"))
             .replace("{{WORKLET_JSON}}", json.dumps(_asset("worklet.js")).replace("</", "<\\/")))

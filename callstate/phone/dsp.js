@@ -147,8 +147,9 @@ class PlaybackQueue {
 // is not logged; it is read off the effects that change it (StartLlm: thinking, CallTool: tool_pending,
 // SendAudio: speaking, ClearPlayback: interrupted, the last mark of a reply played: listening).
 class CallView {
-  constructor() {
-    this.state = "listening"; this.items = []; this.turns = []; this.ended = false; this.lastSeq = 0;
+  // states: the machine's state names by member (CallState, engine/states.py), given by the server.
+  constructor(states) {
+    this.S = states; this.state = this.S.LISTENING; this.items = []; this.turns = []; this.ended = false; this.lastSeq = 0;
     this.interim = ""; this.speaks = new Map(); this.ttsToSpeak = new Map(); this.markToTts = new Map();
     this.unplayed = new Set(); this.speechEnd = null; this.turnOpen = null; this.bargeIns = 0;
     this.ttsMs = new Map(); this.chunkMs = new Map();  // audio ms behind each mark (m<N>: TtsAudio N's)
@@ -166,8 +167,8 @@ class CallView {
           if (d.end_ms != null) this.speechEnd = Math.max(this.speechEnd ?? 0, d.end_ms);
         } else this.interim = d.text;
         break;
-      case "StartLlm": if (!d.preemptive || this.state === "listening") this.state = "thinking"; break;
-      case "Respond": this.turnOpen = { turn: d.turn, end: this.speechEnd }; this.state = "thinking"; break;
+      case "StartLlm": if (!d.preemptive || this.state === this.S.LISTENING) this.state = this.S.THINKING; break;
+      case "Respond": this.turnOpen = { turn: d.turn, end: this.speechEnd }; this.state = this.S.THINKING; break;
       case "Speak": {
         const item = { kind: d.purpose === "filler" ? "filler" : "agent", purpose: d.purpose, text: d.text, t,
           totalMs: 0, playedMs: 0, cutMs: 0, seq: env.seq };
@@ -178,7 +179,7 @@ class CallView {
         const sp = this.speaks.get(this.ttsToSpeak.get(env.cause));
         if (sp) sp.totalMs += d.duration_ms;
         this.ttsMs.set(env.cause, d.duration_ms);
-        this.state = "speaking";
+        this.state = this.S.SPEAKING;
         if (this.turnOpen && this.turnOpen.end != null) {
           this.turns.push({ turn: this.turnOpen.turn, v2v: t - this.turnOpen.end });
         }
@@ -193,7 +194,7 @@ class CallView {
         if (!this.unplayed.delete(d.name)) break;  // a cleared mark: its audio was counted as cut
         const sp = this.speaks.get(this.ttsToSpeak.get(this.markToTts.get(d.name)));
         if (sp) sp.playedMs = Math.min(sp.totalMs, sp.playedMs + this._chunkMs(d.name));
-        if (this.unplayed.size === 0 && this.state === "speaking") this.state = "listening";
+        if (this.unplayed.size === 0 && this.state === this.S.SPEAKING) this.state = this.S.LISTENING;
         break;
       }
       case "ClearPlayback":
@@ -201,16 +202,16 @@ class CallView {
           const sp = this.speaks.get(this.ttsToSpeak.get(this.markToTts.get(name)));
           if (sp) sp.cutMs += this._chunkMs(name);
         }
-        this.unplayed.clear(); this.bargeIns++; this.state = "interrupted";
+        this.unplayed.clear(); this.bargeIns++; this.state = this.S.INTERRUPTED;
         this.items.push({ kind: "barge-in", t }); break;
-      case "CallTool": this.state = "tool_pending"; this.items.push({ kind: "tool", name: d.name, args: d.arguments, t, seq: env.seq }); break;
+      case "CallTool": this.state = this.S.TOOL_PENDING; this.items.push({ kind: "tool", name: d.name, args: d.arguments, t, seq: env.seq }); break;
       case "ToolResult": {
         const tool = this.items.find((it) => it.kind === "tool" && it.seq === env.cause);
         if (tool) { tool.ok = d.ok; tool.ms = t - tool.t; }
-        this.state = "thinking"; break;
+        this.state = this.S.THINKING; break;
       }
-      case "SpeechStarted": if (this.state === "interrupted") this.state = "listening"; break;
-      case "Hangup": case "CallEnded": this.state = "ended"; this.ended = env.type === "CallEnded" || this.ended; break;
+      case "SpeechStarted": if (this.state === this.S.INTERRUPTED) this.state = this.S.LISTENING; break;
+      case "Hangup": case "CallEnded": this.state = this.S.ENDED; this.ended = env.type === "CallEnded" || this.ended; break;
     }
     return true;
   }
