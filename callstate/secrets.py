@@ -26,26 +26,8 @@ def secret_values(environ: Mapping[str, str], flow_env_values: Iterable[str] = (
     return sorted({*named, *flow_env_values})
 
 
-def masked_paths(flow: Flow) -> list[str]:
-    """Where the logged flow differs from the running one (values from the environment), as key.paths."""
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in a:
-                walk(a[k], b.get(k), f"{path}.{k}" if path else str(k))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                walk(x, y, f"{path}[{i}]")
-        elif a != b:
-            out.append(path)
-
-    walk(flow.model_dump(mode="json"), flow.log_record(), "")
-    return out
-
-
 def replay_risks(flow: Flow) -> list[str]:
     """Masked values the call machine itself reads (anything but a tool's webhook and the providers'
     settings): a replay runs with the mask, so what such a value made the agent say will differ."""
-    return [p for p in masked_paths(flow)
+    return [p for p in flow.env_paths()
             if not re.match(r"(tools\.[^.]+\.webhook\.|(stt|llm|tts)\.)", p)]

@@ -211,9 +211,9 @@ class Flow(Strict):
     #: What the keyless local providers say: the caller's lines, the scripted replies, their latency.
     local: LocalScript = LocalScript()
 
-    #: The flow as a log may keep it (engine/flowload.py fills it): environment values masked. Unset for a
-    #: flow built in code, which took nothing from the environment.
-    _log_record: dict[str, Any] | None = PrivateAttr(default=None)
+    #: Where the environment supplied values (engine/flowload.py sets it): key path -> the text as written,
+    #: with its ``${VAR}``; and the values themselves. Empty for a flow built in code.
+    _env_sources: dict[tuple[str | int, ...], str] = PrivateAttr(default_factory=dict)
     _env_values: tuple[str, ...] = PrivateAttr(default=())
 
     def __eq__(self, other: object) -> bool:
@@ -222,15 +222,39 @@ class Flow(Strict):
 
     __hash__ = None  # type: ignore[assignment]  # as BaseModel: mutable, unhashable
 
-    def set_log_record(self, record: dict[str, Any], env_values: tuple[str, ...]) -> None:
-        self._log_record, self._env_values = record, env_values
+    def set_env_sources(self, sources: dict[tuple[str | int, ...], str], values: tuple[str, ...]) -> None:
+        self._env_sources, self._env_values = dict(sources), values
 
     def env_values(self) -> tuple[str, ...]:
         """The values this flow took from the environment: secrets, to mask wherever text leaves."""
         return self._env_values
 
     def log_record(self) -> dict[str, Any]:
-        return self._log_record if self._log_record is not None else self.model_dump(mode="json")
+        """The flow as a log may keep it: each value the environment supplied shown as written (``${VAR}``).
+        Derived from the flow as it now is, so a copy with another provider is logged as it runs."""
+        record = self.model_dump(mode="json")
+        for path, text in self._env_sources.items():
+            node: Any = record
+            for step in path[:-1]:
+                node = _child(node, step)
+            last = path[-1] if path else None
+            if isinstance(node, dict) and last in node:
+                node[last] = text
+            elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+                node[last] = text
+        return record
+
+    def env_paths(self) -> list[str]:
+        """Where this flow holds a value from the environment, as key.paths (``tools.x.webhook.headers.A``)."""
+        record = self.log_record()
+        out = []
+        for path in self._env_sources:
+            node: Any = record
+            for step in path:
+                node = _child(node, step)
+            if node is not None:
+                out.append("".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip("."))
+        return out
 
     def tool_specs(self, names: list[str] | None = None) -> tuple[ToolSpec, ...]:
         chosen = self.tools if names is None else {n: self.tools[n] for n in names if n in self.tools}
@@ -241,3 +265,9 @@ class Flow(Strict):
 
 
 DEFAULT_FLOW = Flow(name="default", greeting="Hi! How can I help you today?")
+
+
+def _child(node: Any, step: str | int) -> Any:
+    if isinstance(node, dict):
+        return node.get(step)
+    return node[step] if isinstance(node, list) and isinstance(step, int) and step < len(node) else None

@@ -206,22 +206,8 @@ class _Loader:
             report.flow = value if isinstance(value, Flow) else None
         report.env_values = [v for values in self.secrets.values() for v in values if v]
         if report.flow is not None:
-            report.flow.set_log_record(self.masked(report.flow), tuple(report.env_values))
+            report.flow.set_env_sources(self.sources, tuple(report.env_values))
         return report
-
-    def masked(self, flow: Flow) -> dict[str, Any]:
-        """The flow as a log may keep it: each value the environment supplied shown as written (``${VAR}``)."""
-        record = flow.model_dump(mode="json")
-        for path, text in self.sources.items():
-            node: Any = record
-            for step in path[:-1]:
-                node = _child(node, step)
-            last = path[-1] if path else None
-            there = (isinstance(node, dict) and last in node) or \
-                (isinstance(node, list) and isinstance(last, int) and last < len(node))
-            if there:
-                node[last] = text
-        return record
 
     def format(self, i: _Issue) -> str:
         message = i.message
@@ -382,9 +368,3 @@ class _Loader:
     def warn(self, path: Loc, message: str) -> None:
         m = self.locate(path)[1]
         self.warnings.append(_Issue(m.line + 1, m.column + 1, format_path(path), message, path))
-
-
-def _child(node: Any, step: str | int) -> Any:
-    if isinstance(node, dict):
-        return node.get(step)
-    return node[step] if isinstance(node, list) and isinstance(step, int) and step < len(node) else None

@@ -34,7 +34,7 @@ class CallFile:
 
 def dump(call_id: str, flow: Flow, events: list[ev.Event], outcome: str | None = None,
          schema_version: int = ev.SCHEMA_VERSION) -> str:
-    head = json.dumps({"flow": flow.model_dump(mode="json"), "call_id": call_id,
+    head = json.dumps({"flow": flow.log_record(), "call_id": call_id,
                        **({"outcome": outcome} if outcome else {}), "schema_version": schema_version},
                       ensure_ascii=False)
     return "\n".join([head, *(codec.dumps(call_id, e) for e in events)]) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,21 @@ def test_unreadable_files_give_one_line(tmp_path: Path) -> None:
     assert check_flow(tmp_path / "latin1.yaml").errors == [f"{tmp_path / 'latin1.yaml'}: not UTF-8 text"]
     with pytest.raises(FlowError):
         load_flow(tmp_path / "nope.yaml")
+
+
+def test_the_logged_flow_masks_env_values_and_follows_a_provider_change() -> None:
+    from callstate.providers import with_provider
+
+    secret = "Bearer s3cret-from-env"
+    text = ("name: x\ntools:\n  t:\n    description: d\n    webhook:\n      url: http://127.0.0.1:1/t\n"
+            "      headers: {Authorization: '${AUTH}'}\n")
+    flow = check_text(text, env={"AUTH": secret}).flow
+    assert flow is not None and flow.tools["t"].webhook is not None
+    assert flow.tools["t"].webhook.headers["Authorization"] == secret
+    changed = with_provider(flow, "stt", "local-asr")
+    for f in (flow, changed):
+        record = f.log_record()
+        assert secret not in json.dumps(record)
+        assert record["tools"]["t"]["webhook"]["headers"]["Authorization"] == "${AUTH}"
+        assert f.env_paths() == ["tools.t.webhook.headers.Authorization"]
+    assert changed.log_record()["stt"]["provider"] == "local-asr"  # logged as it runs, not as it was loaded

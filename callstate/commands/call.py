@@ -40,7 +40,7 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
     runner = ToolRunner(flow.tools)
     try:
         store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), flow=flow.name,
-                        meta={"flow": flow.model_dump(mode="json"), "script": str(script_path), "mode": "offline"})
+                        meta={"flow": flow.log_record(), "script": str(script_path), "mode": "offline"})
         async def timed(effect: CallTool) -> tuple[ToolResult, int]:
             started = time.monotonic()  # the composition root owns the clock; the offline driver has none
             result = await runner.call(effect)
