@@ -119,5 +119,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("stopped (Ctrl-C)", file=sys.stderr)
         return 130
