@@ -240,7 +240,7 @@ class Flow(Strict):
             last = path[-1] if path else None
             if isinstance(node, dict) and last in node:
                 node[last] = text
-            elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+            if isinstance(node, list) and isinstance(last, int) and last < len(node):  # a list item's value
                 node[last] = text
         return record
 
