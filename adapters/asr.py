@@ -25,11 +25,12 @@ import asyncio
 import logging
 import re
 import threading
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from adapters.audio import DECODE, FRAME_BYTES, FRAME_MS
+from adapters.audio import DECODE, FRAME_BYTES, FRAME_MS, silence
 from adapters.resample import Resampler
 from engine import events as ev
 
@@ -38,13 +39,20 @@ log = logging.getLogger("callstate.asr")
 Emit = Callable[[ev.Input], None]
 MODEL_RATE = 16000
 _UP = Resampler(8000, MODEL_RATE)
-DECODE_EVERY = MODEL_RATE // 10  # samples: 100 ms a batch (one thread hop, not five)
+DECODE_EVERY = 8000 // 10  # mu-law bytes: 100 ms a batch (one thread hop, not five)
 #: The cepstral mean of speech through the phone path (8 kHz mu-law, up-sampled), the decoder's starting
 #: point for each call: the model's own (40,3,-1,0,...) is a wide-band microphone's, and with it the first
 #: words of a call are lost while the live estimate catches up. The mean of two recordings that are NOT in
 #: the WER fixtures (numbers.raw, something.raw of PocketSphinx's test data), through the same chain.
 PHONE_CMN = "42.2,28.7,-41.9,38.6,-8.4,-4.1,9.2,-19.8,8.3,-5.3,-3.2,0.6,-2.6"
 MODEL_CMN = "40,3,-1,0,0,0,0,0,0,0,0,0,0"  # the en-us model's own -cmninit (bench/stt_wer.py compares)
+
+
+def pcm16k(mulaw: bytes, up: Callable[[list[float]], list[float]] = _UP) -> bytes:
+    """8 kHz mu-law as the model's 16 kHz 16-bit PCM (``up``: a whole-signal resampler or a stream's feed)."""
+    return array("h", [max(-32768, min(32767, round(v))) for v in up([float(DECODE[b]) for b in mulaw])]).tobytes()
+
+
 _FILLER = re.compile(r"^(<s>|</s>|<sil>|\[.*\]|\+\+.*\+\+|\+.*\+)$")
 _ALT = re.compile(r"\(\d+\)$")  # "the(2)": the dictionary's second pronunciation
 
@@ -120,10 +128,10 @@ class LocalAsrSession:
         self.emit: Emit | None = None
         self.frames = 0
         self.preroll: deque[bytes] = deque(maxlen=max(1, cfg.preroll_ms // FRAME_MS))
-        self.up = _UP.stream()
+        self.up = _UP.stream()  # the utterance's resampler state (new at each start)
         self.in_utt = False
         self.utt_start_ms = 0
-        self.pending: list[float] = []  # 16 kHz samples not yet given to the decoder
+        self.pending = bytearray()  # mu-law not yet given to the decoder (converted on its thread)
         self.since_interim = 0
         self.last_interim = ""
 
@@ -149,40 +157,43 @@ class LocalAsrSession:
                 self.in_utt = True
                 self.utt_start_ms = t_ms + FRAME_MS - len(self.preroll) * FRAME_MS
                 self.up = _UP.stream()
-                self.pending = self.up.feed([float(DECODE[b]) for f in self.preroll for b in f])
+                self.pending = bytearray(b"".join(self.preroll))
                 self.preroll.clear()
                 self.since_interim = 0
                 self.last_interim = ""
                 await asyncio.to_thread(self.decoder.start_utt)
             return
-        self.pending += self.up.feed([float(DECODE[b]) for b in mulaw])
+        self.pending += mulaw
         self.since_interim += FRAME_MS
         if change == "stop":
             await self._finalize()
         elif self.since_interim >= self.cfg.interim_ms:
             self.since_interim = 0
-            text = await asyncio.to_thread(self._process_and_hyp)
+            text = await asyncio.to_thread(self._process_and_hyp, self._take())
             if text and text != self.last_interim:
                 self.last_interim = text
                 self._emit(ev.Transcript(t_ms=0, text=text, is_final=False))
         elif len(self.pending) >= DECODE_EVERY:
             # Decode as the audio comes, so a final has only the last few frames left to do.
-            await asyncio.to_thread(self.decoder.process_raw, self._pcm())
+            await asyncio.to_thread(self._process, self._take())
 
-    def _pcm(self) -> bytes:
-        from array import array
+    def _take(self) -> bytes:
+        """The mu-law waiting for the decoder, taken on the loop (a cheap copy)."""
+        chunk = bytes(self.pending)
+        self.pending.clear()
+        return chunk
 
-        pcm = array("h", [max(-32768, min(32767, round(v))) for v in self.pending])
-        self.pending = []
-        return pcm.tobytes()
+    # The three below run on the decoder's thread: decoding, up-sampling and recognition stay off the loop.
+    def _process(self, mulaw: bytes) -> None:
+        self.decoder.process_raw(pcm16k(mulaw, self.up.feed))
 
-    def _process_and_hyp(self) -> str:
-        self.decoder.process_raw(self._pcm())
+    def _process_and_hyp(self, mulaw: bytes) -> str:
+        self._process(mulaw)
         hyp = self.decoder.hyp()
         return " ".join(_ALT.sub("", w) for w in hyp.hypstr.split()) if hyp is not None else ""
 
-    def _end(self) -> list[tuple[str, int, int]]:
-        self.decoder.process_raw(self._pcm())
+    def _end(self, mulaw: bytes) -> list[tuple[str, int, int]]:
+        self._process(mulaw)
         self.decoder.end_utt()
         return _words(self.decoder.seg(), self.utt_start_ms)
 
@@ -190,7 +201,7 @@ class LocalAsrSession:
         if not self.in_utt:
             return
         self.in_utt = False
-        words = await asyncio.to_thread(self._end)
+        words = await asyncio.to_thread(self._end, self._take())
         if words:
             text = " ".join(w for w, _, _ in words) + ("." if self.cfg.punctuate else "")
             self._emit(ev.Transcript(t_ms=0, text=text, is_final=True,
@@ -219,13 +230,9 @@ async def transcribe(asr: LocalAsr, mulaw: bytes) -> list[str]:
     finals: list[str] = []
     session = asr.session()
     await session.start(lambda e: finals.append(e.text) if isinstance(e, ev.Transcript) and e.is_final else None)
-    silence = b"\xff" * FRAME_BYTES
-    for _ in range(20):  # 400 ms of line silence first: the VAD learns the floor
-        await session.send_audio(silence)
-    for i in range(0, len(mulaw), FRAME_BYTES):
-        await session.send_audio(mulaw[i : i + FRAME_BYTES].ljust(FRAME_BYTES, b"\xff"))
-    for _ in range(40):  # 800 ms of silence: the VAD's stop
-        await session.send_audio(silence)
+    await session.send_audio(silence(400))  # line silence first: the VAD learns the floor
+    await session.send_audio(mulaw)  # cut and padded into 20 ms frames as a call's audio is
+    await session.send_audio(silence(800))  # the VAD's stop
     await session.speech_stopped()
     await session.close()
     return finals

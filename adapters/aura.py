@@ -114,12 +114,11 @@ class DeepgramTts:
     async def synthesize(self, effect: Speak) -> AsyncIterator[bytes]:
         for attempt in (1, 2):
             sock = await self._acquire()
-            frames, state = FrameCutter(), "sending"
+            frames = FrameCutter()
             try:
                 await sock.conn.send_text(SpeakV1Text(text=effect.text))
                 await sock.conn.send_flush()
                 sock.flushes.append(self._now())
-                state = "streaming"
                 while True:
                     msg = await sock.conn.recv()
                     if isinstance(msg, bytes):
@@ -128,10 +127,9 @@ class DeepgramTts:
                         continue
                     kind = getattr(msg, "type", None)  # Flushed and Cleared share a shape: read the type
                     if kind == "Flushed":
-                        state = "done"
+                        self._release(sock)  # the line is whole: the socket serves the next one
                         break
-                    if kind == "Warning":  # e.g. over the Flush limit: this socket is spent for now
-                        sock.flushes.extend([self._now()] * FLUSH_LIMIT)
+                    if kind == "Warning":  # e.g. over the Flush limit: this socket is discarded below
                         raise DeepgramError(f"deepgram tts: warning {getattr(msg, 'code', '')[:40]}")
             except (GeneratorExit, asyncio.CancelledError):
                 self._clearing += 1  # now: the next line, even at once, waits for this socket
@@ -146,9 +144,6 @@ class DeepgramTts:
                                         ) from None
                 log.info("deepgram tts: socket lost before audio (%s); again on a new one", type(exc).__name__)
                 continue
-            finally:
-                if state == "done":
-                    self._release(sock)
             if tail := frames.tail():
                 yield tail
             return
@@ -247,6 +242,3 @@ class DeepgramTts:
         if self._freed is not None:
             self._freed.set()
 
-
-def tts_from_env(env: Mapping[str, str], **settings: Any) -> DeepgramTts:
-    return DeepgramTts.from_env(env, **settings)

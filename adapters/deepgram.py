@@ -345,6 +345,3 @@ class DeepgramSttSession:
                 with contextlib.suppress(Exception):
                     await self._conn.send_keep_alive()
 
-
-def stt_from_env(env: Mapping[str, str], **settings: Any) -> DeepgramStt:
-    return DeepgramStt.from_env(env, **settings)

@@ -33,7 +33,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_DONT_EXIT = 0x8000
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
-_RATE, _VOLUME, _PITCH = 1, 2, 3  # espeak_PARAMETER
+_RATE = 1  # espeak_PARAMETER
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 

@@ -84,6 +84,8 @@ class ThinkFilter:
         self._inside = False
 
     def feed(self, text: str) -> str:
+        if not self._held and not self._inside and "<" not in text:
+            return text  # the common chunk: no tag can start here
         buf, out = self._held + text, []
         self._held = ""
         while buf:

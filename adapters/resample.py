@@ -20,12 +20,11 @@ from collections.abc import Sequence
 
 
 class Resampler:
-    __slots__ = ("half", "phases", "rate_in", "rate_out", "step_den", "step_num")
+    __slots__ = ("half", "phases", "step_den", "step_num")
 
     def __init__(self, rate_in: int, rate_out: int, *, zero_crossings: int = 8) -> None:
         if rate_in <= 0 or rate_out <= 0:
             raise ValueError("sample rates must be positive")
-        self.rate_in, self.rate_out = rate_in, rate_out
         g = math.gcd(rate_in, rate_out)
         self.step_num, self.step_den = rate_in // g, rate_out // g  # input samples per output = num/den
         cutoff = 0.9 * min(1.0, rate_out / rate_in)  # of the input's Nyquist frequency

@@ -30,6 +30,7 @@ import hmac
 import importlib
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -82,9 +83,16 @@ def verify_signature(secret: str, header: str, body: str | bytes, now: float, to
     return any(hmac.compare_digest(expected, m) for m in macs)
 
 
+#: A path segment this long and opaque is a token (Slack's /services/T../B../<secret>, Discord's
+#: /api/webhooks/<id>/<token>), not a name like /shipments.
+_OPAQUE = re.compile(r"[A-Za-z0-9_-]{20,}")
+
+
 def _public(url: URL) -> str:
-    """The URL without what may be secret: no user:password, no query (where keys usually ride)."""
-    return str(url.with_user(None).with_query(None).with_fragment(None))
+    """The URL without what may be secret: no user:password, no query (where keys usually ride), no token in
+    the path."""
+    bare = url.with_user(None).with_query(None).with_fragment(None)
+    return str(bare.with_path(_OPAQUE.sub("***", bare.path), encoded=False))
 
 
 def _reason(exc: BaseException) -> str:
@@ -219,7 +227,7 @@ class ToolRunner:
                 async with self._session.request(method, url, data=data, headers=headers,
                                                  allow_redirects=False) as resp:
                     if 300 <= resp.status < 400:
-                        raise _Fail("redirect", f"the tool's server answered HTTP {resp.status} (a redirect); "
+                        raise _Fail("redirect", f"{where}: the tool's server answered HTTP {resp.status} (a redirect); "
                                     "webhooks do not follow redirects: set the tool's url to the final address")
                     if not 200 <= resp.status < 300:
                         raise _Fail(f"http_{resp.status}", f"{where}: the tool's server answered HTTP {resp.status}")

@@ -511,7 +511,7 @@ def create_app(*, on_call: OnCall, auth_token: str | None, public_url: str | Non
         log.warning("twilio: %s on %s %s: checked against %r. If Twilio calls another URL (a tunnel, a proxy), "
                     "start engine serve with --public-url https://<the host Twilio calls> (or --trusted-proxy "
                     "<its IP> if that proxy sets X-Forwarded-Host)",
-                    why, request.method, request.path, url)
+                    why, request.method, request.path, url.split("?", 1)[0] if ws else url)
         return False
 
     phone_only = media_token is not None and not signatures.enabled and not skip_signature

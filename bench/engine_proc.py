@@ -42,7 +42,8 @@ from callstate.providers import build_providers
 from callstate.server import Server
 from engine import events as ev
 from engine.flow import Flow
-from engine.store import Store, open_store
+from engine.store import Store
+from logstore import open_store
 
 _ns = time.perf_counter_ns  # CLOCK_MONOTONIC on Linux: the load generator's loop.time() reads the same clock
 

@@ -314,7 +314,6 @@ class GroqFake(FakeServer):
         super().__init__()
         self.ttft_ms, self.token_ms, self.rest, self.whole_first = ttft_ms, token_ms, rest, whole_first
         self.requests: list[LlmReq] = []
-        self.warms: list[float] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self._completions)
@@ -322,7 +321,6 @@ class GroqFake(FakeServer):
 
     async def _models(self, request: web.Request) -> web.Response:
         """The adapter's connection warm-up (groq SDK resources/models.py: ``GET /openai/v1/models``)."""
-        self.warms.append(asyncio.get_running_loop().time())
         return web.json_response({"object": "list", "data": [
             {"id": "openai/gpt-oss-20b", "object": "model", "created": 1754438400, "owned_by": "OpenAI"}]})
 

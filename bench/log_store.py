@@ -37,7 +37,8 @@ from bench.replay_speed import synthetic_call
 from engine import events as ev
 from engine.machine import CallMachine
 from engine.states import CallState
-from engine.store import Store, _row, open_store
+from engine.store import Store, _row
+from logstore import open_store
 
 
 def turn_ends(flow, log: list[ev.Event]) -> set[int]:  # type: ignore[no-untyped-def]

@@ -25,13 +25,12 @@ import os
 import re
 import sys
 import time
-from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.asr import _ALT, _UP, MODEL_CMN, PHONE_CMN, DecoderPool, LocalAsr, transcribe
-from adapters.audio import DECODE, load_fixture
+from adapters.asr import _ALT, MODEL_CMN, PHONE_CMN, DecoderPool, LocalAsr, pcm16k, transcribe
+from adapters.audio import load_fixture
 from adapters.vad import Vad
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +65,8 @@ def fixtures() -> dict[str, dict[str, tuple[bytes, str]]]:
 def batch(pool: DecoderPool, mulaw: bytes) -> str:
     d = pool.acquire()
     d.set_cmn(PHONE_CMN)
-    pcm = array("h", [max(-32768, min(32767, round(v))) for v in _UP([float(DECODE[b]) for b in mulaw])])
     d.start_utt()
-    d.process_raw(pcm.tobytes(), full_utt=True)
+    d.process_raw(pcm16k(mulaw), full_utt=True)
     d.end_utt()
     hyp = d.hyp()
     pool.release(d)

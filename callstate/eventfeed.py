@@ -8,7 +8,7 @@ Rules:
 - A stream's source is a ``Feed``: ``backlog`` (what is logged so far) and ``subscribe`` (what is appended
   next, pushed, never polled). ``LocalFeed`` serves calls running in this process from the store's append
   hook; ``PgFeed`` serves calls running on any host of a PostgreSQL log: every flush, close and abandon
-  commits a NOTIFY naming the call (engine/pgstore.py), one LISTEN connection per server wakes the call's
+  commits a NOTIFY naming the call (logstore/postgres.py), one LISTEN connection per server wakes the call's
   subscribers, which read what was flushed since (events arrive per flush: turn ends and call end).
 - The subscription opens before the backlog is read, and envelopes at or below the backlog's last seq are
   dropped, so nothing falls in the gap between the two and nothing comes twice.
@@ -211,7 +211,7 @@ class PgFeed:
 
     async def read(self, call_id: str, after: int) -> tuple[list[Record], bool]:
         if self.reader is None:
-            from engine.store import open_store
+            from logstore import open_store
 
             self.reader = await asyncio.to_thread(open_store, self.url, readonly=True)
         return await asyncio.to_thread(self.reader.load_since, call_id, after)
@@ -228,7 +228,7 @@ class PgFeed:
     async def _listen(self) -> None:
         import psycopg
 
-        from engine.pgstore import CHANNEL
+        from logstore.postgres import CHANNEL
 
         while True:
             try:

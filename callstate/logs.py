@@ -10,7 +10,8 @@ from pathlib import Path
 
 from engine import events as ev
 from engine.flow import Flow
-from engine.store import CallRow, Store, StoreError, is_postgres, open_store
+from engine.store import CallRow, Store, StoreError
+from logstore import is_postgres, open_store
 from replay import callfile
 
 DEFAULT_DB = "calls.db"
@@ -33,7 +34,7 @@ def open_readonly(db: str) -> Store:
 def where(db: str) -> str:
     """The log's name for messages: a PostgreSQL URL without its password."""
     if is_postgres(db):
-        from engine.pgstore import display_url
+        from logstore.postgres import display_url
 
         return display_url(db)
     return db

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 
 from engine import events as ev
-from engine.logwriter import LogWriter
+from logstore.writer import LogWriter
 from replay.turns import TurnClock
 
 __all__ = ["Metrics", "TurnClock"]  # TurnClock: voice to voice, defined once (replay/turns.py)

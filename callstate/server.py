@@ -25,7 +25,9 @@ from engine.liveparts import CallLimits, Providers
 from engine.redact import Redactor
 from engine.runtime import LiveCall
 from engine.states import CallState
-from engine.store import Store, StoreError, is_postgres
+from engine.store import Store, StoreError
+from logstore import is_postgres
+from logstore.writer import LogWriter
 from replay.timeline import tool_failure
 
 log = logging.getLogger("callstate.server")
@@ -190,7 +192,7 @@ class Server:
         self.ids = CallIds(self.store.call_sids())  # read once, before any call: ids never wait on the log
         # Every log write runs on the writer thread from here on: a stalled disk or a lock held by another
         # process makes the log wait, never the calls (issue 11).
-        self.store.start_writer(str(getattr(self.store, "path", "log")))
+        self.store.start_writer(LogWriter(str(getattr(self.store, "path", "log"))))
 
     async def _phone_page(self, request: web.Request) -> web.Response:
         from callstate.phone import render_page

@@ -54,7 +54,8 @@ def supervise(args: argparse.Namespace, workers: int) -> int:
         nonlocal stopping
         stopping = True
 
-    from engine.store import StoreError, open_store
+    from engine.store import StoreError
+    from logstore import open_store
 
     try:  # the log's tables made once, and a SQLite log claimed for the whole server (its workers share it)
         store = open_store(args.db)

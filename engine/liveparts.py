@@ -85,7 +85,8 @@ async def paced(chunks: AsyncIterator[bytes], silence_s: float) -> AsyncIterator
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(anext(it), silence_s)
+                async with asyncio.timeout(silence_s):  # no Task per chunk, as wait_for makes on 3.11
+                    chunk = await anext(it)
             except StopAsyncIteration:
                 return
             except TimeoutError:

@@ -89,7 +89,6 @@ class LiveCall:
         self.stt = providers.stt.session(params=params)
         self.done = asyncio.Event()
         self.outcome = "caller_hung_up"
-        self.last_stamp = 0  # the latest t_ms handed out: stamps are monotonic
         self.limits, self.on_limit = limits, on_limit
         self.limits_hit: set[str] = set()
         self.cut = False  # a limit ended the call: nothing but its CallEnded goes in any more
@@ -100,11 +99,12 @@ class LiveCall:
     # ------------------------------------------------------------------------------ CallHandle
 
     def now_ms(self) -> int:
-        return int((self.loop.time() - self.t0) * 1000)
+        # + 1 us: uvloop's clock is whole milliseconds held in floats, and their difference can fall a hair
+        # short (854772.304 - 854771.604 = 0.69999..): truncated, a timer due at 700 would be stamped 699.
+        return int((self.loop.time() - self.t0) * 1000 + 1e-3)
 
-    def emit(self, event: ev.Input, payload: bytes | None = None, *, not_before: int = 0) -> None:
-        """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine). Stamps never
-        go back in time, and never before ``not_before`` (a timer's due time)."""
+    def emit(self, event: ev.Input, payload: bytes | None = None) -> None:
+        """Adapters' sink: stamp on arrival, queue for the call task (safe from any coroutine)."""
         if self.done.is_set() or (self.cut and not isinstance(event, ev.CallEnded | ev.RuntimeFault)):
             return
         if isinstance(event, ev.PlaybackMark) and event.cause is None:
@@ -116,9 +116,7 @@ class LiveCall:
         if isinstance(event, ev.CallEnded) and event.reason not in CALLER_GONE:
             # our side is stopping the stream (shutdown): the hang-up must go through the machine and the log
             event = ev.RuntimeFault(t_ms=0, reason=event.reason)
-        self.last_stamp = max(self.now_ms(), not_before, self.last_stamp)
-        stamped = _restamp(event, self.last_stamp)
-        self.inbox.put_nowait((stamped, payload))
+        self.inbox.put_nowait((_restamp(event, self.now_ms()), payload))
 
     def audio_in(self, mulaw: bytes) -> None:
         """One inbound 20 ms frame: local VAD (barge-in must not wait for the STT), then to the STT."""
@@ -135,10 +133,16 @@ class LiveCall:
             if self.p.finalize_on_vad_stop:
                 self._stt_release()  # never hold audio across a finalize: it would miss the final
                 self.stt_audio.put_nowait(b"")  # b"" = finalize now (Deepgram Finalize)
-        self.stt_held += mulaw
         quiet = self.caller_quiet_from
-        if quiet is None or t_audio - quiet < self.stt_batch_after_ms or len(self.stt_held) >= self.stt_batch:
-            self._stt_release()
+        if quiet is None or t_audio - quiet < self.stt_batch_after_ms \
+                or len(self.stt_held) + len(mulaw) >= self.stt_batch:
+            if self.stt_held:
+                self.stt_held += mulaw
+                self._stt_release()
+            else:
+                self.stt_audio.put_nowait(mulaw)  # the usual frame: sent as it came, no copy
+        else:
+            self.stt_held += mulaw
 
     def _stt_release(self) -> None:
         if self.stt_held:
@@ -200,8 +204,7 @@ class LiveCall:
             self.cut = True
             self._limit_hit(what, f"{detail}; ending the call")
             # the machine hangs up (on the record) and the call ends
-            fault = ev.RuntimeFault(t_ms=max(self.now_ms(), self.last_stamp), reason=f"limit_{what}")
-            self.inbox.put_nowait((fault, None))
+            self.emit(ev.RuntimeFault(t_ms=0, reason=f"limit_{what}"))
 
     def _limit_hit(self, what: str, detail: str) -> None:
         if what not in self.limits_hit:
@@ -296,9 +299,7 @@ class LiveCall:
 
     def _timer_fired(self, e: ev.SetTimer) -> None:
         self.timers.pop(e.seq, None)
-        # uvloop's timers are millisecond-grained and can run a hair before at_ms by this clock (the soak saw
-        # fillers "699 ms into the turn"): on the record, a timer never fires before its time.
-        self.emit(e.fired(t_ms=0), not_before=e.at_ms)
+        self.emit(e.fired(t_ms=0))
 
     def _spawn(self, coro: Any) -> asyncio.Future[Any]:
         task: asyncio.Future[Any] = asyncio.ensure_future(coro)

@@ -20,7 +20,7 @@ Rules:
   ``<db>.lock``, released by the kernel even on kill -9) and fails with a StoreError naming the holder (a
   server's workers share its claim). A PostgreSQL log is shared by design: there leases alone keep
   servers apart, and ``claim`` only names the holder.
-- ``start_writer()`` moves every write (open_call, flush, close_call) to a thread (engine/logwriter.py): the
+- ``start_writer()`` moves every write (open_call, flush, close_call) to a thread (logstore/writer.py): the
   event loop never waits on the disk or on a lock, a busy database is retried and logged, never dropped.
   Reads first wait for the queued writes (read your writes).
 """
@@ -37,11 +37,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from engine.codec import from_record, to_record
 from engine.events import SCHEMA_VERSION, Event, EventError, Message, StartLlm
-from engine.logwriter import LogWriter
 from engine.redact import Redactor
 
 log = logging.getLogger("callstate.store")
@@ -52,6 +51,17 @@ DEFAULT_LEASE_S = 15.0
 Row = tuple[str, int, int, str, str, str, int | None]  # call_id, seq, t_ms, kind, type, data (JSON), cause
 End = tuple[str, str, int, int, int, dict[str, Any]]  # call_id, outcome, ended_t_ms, turns, last_seq, meta+
 Stored = tuple[int, int | None, list[tuple[Any, ...]]]  # schema_version, last_seq, rows without call_id
+
+
+class Writer(Protocol):
+    """Where a live server's writes go (logstore/writer.py's thread): in order, retried, never on the loop."""
+
+    def submit(self, op: Callable[[], None], events: int, what: str) -> None: ...
+    def drain(self, timeout: float | None = None) -> bool: ...
+    def stop(self, timeout: float) -> int: ...
+
+
+W = TypeVar("W", bound=Writer)
 
 
 class StoreError(Exception):
@@ -152,7 +162,7 @@ def new_owner_id() -> str:
 
 
 class Store(ABC):
-    """One interface for every backend (SQLite, PostgreSQL in engine/pgstore.py, memory for tests).
+    """One interface for every backend (SQLite, PostgreSQL in logstore/postgres.py, memory for tests).
 
     The seq checks, the buffer and the writer thread live here; a backend supplies storage:
 
@@ -177,7 +187,7 @@ class Store(ABC):
         self.owner = owner or new_owner_id()
         self._leased = False
         self._llm_prev: dict[str, tuple[Message, ...]] = {}  # open call -> its previous request's messages
-        self.writer: LogWriter | None = None
+        self.writer: Writer | None = None
         self.redact: Redactor = Redactor()  # secrets masked in every row and meta written from now on
 
     def renew_lease(self, lease_s: float = DEFAULT_LEASE_S) -> None:
@@ -185,12 +195,12 @@ class Store(ABC):
         self._renew(lease_s)
         self._leased = True
 
-    def start_writer(self, name: str, **limits: Any) -> LogWriter:
-        """From now on, writes are queued to a thread (see engine/logwriter.py); ``close`` drains it."""
+    def start_writer(self, writer: W) -> W:
+        """From now on, writes are queued to ``writer``'s thread (logstore/writer.py); ``close`` drains it."""
         if self.writer is None:
             self.flush()
-            self.writer = LogWriter(name, retry_on=StoreBusy, **limits)
-        return self.writer
+            self.writer = writer
+        return self.writer  # type: ignore[return-value]  # the one given, unless one was running already
 
     def _run(self, op: Callable[[], None], events: int, what: str) -> None:
         if self.writer is None:
@@ -387,16 +397,3 @@ def _call_row(row: tuple[Any, ...]) -> CallRow:
 _LAPSED = ("status = 'open' AND owner IS DISTINCT FROM {me} AND (owner IS NULL OR owner NOT IN "
            "(SELECT instance_id FROM instances WHERE lease_until > {now}))")
 
-def is_postgres(db: str) -> bool:
-    return db.startswith(("postgresql://", "postgres://"))
-
-
-def open_store(db: str, *, readonly: bool = False, owner: str | None = None) -> Store:
-    """The log at ``db``: a postgresql:// URL (engine/pgstore.py) or a SQLite file path."""
-    if is_postgres(db):
-        from engine.pgstore import PgStore  # psycopg only loads for a PostgreSQL log
-
-        return PgStore(db, readonly=readonly, owner=owner)
-    from engine.sqlitestore import SqliteStore  # the embedded default; imported here: it builds on this module
-
-    return SqliteStore(db, readonly=readonly, owner=owner)

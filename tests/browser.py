@@ -236,7 +236,7 @@ async def browser_call(db: Path, shot: Path, *, mic_wav: Path = MIC_WAV) -> dict
     from callstate.flows import resolve_flow
     from callstate.providers import build_providers
     from callstate.server import Server, start
-    from engine.sqlitestore import SqliteStore
+    from logstore.sqlite import SqliteStore
 
     flow = resolve_flow(str(PHONE_FLOW))
     store = SqliteStore(db)

@@ -11,8 +11,10 @@ from urllib.parse import quote
 
 import pytest
 
-from engine.sqlitestore import MemoryStore, SqliteStore
-from engine.store import Store, open_store
+from engine.store import Store
+from logstore import open_store
+from logstore.memory import MemoryStore
+from logstore.sqlite import SqliteStore
 
 #: The server the PostgreSQL tests use (trust auth on this project's machines).
 PG_URL = os.environ.get("CALLSTATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
+
+import aiohttp
 
 from engine import events as ev
 from engine.flow import Flow
@@ -86,3 +90,28 @@ class MachineDriver:
 
 def types(effects: list[ev.Effect]) -> list[str]:
     return [type(e).__name__ for e in effects]
+
+
+async def read_sse(resp: aiohttp.ClientResponse,
+                   on_envelope: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """A call's event stream (`GET /calls/{id}/events`): (envelopes, SSE ids) until its `end` event;
+    ``on_envelope`` runs after each one arrives."""
+    envelopes: list[dict[str, Any]] = []
+    ids: list[str] = []
+    event, data, sid = "", "", ""
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("id: "):
+            sid = line[4:]
+        elif line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+        elif line == "":
+            if event == "end":
+                return envelopes, ids
+            envelopes.append(json.loads(data))
+            ids.append(sid)
+            if on_envelope is not None:
+                on_envelope()
+    raise AssertionError("the stream closed without an end event")

@@ -26,7 +26,7 @@ from callstate.providers import build_providers
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine.flowload import load_flow
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
 from replay.reproduce import reproduce
 from tests.fakes.base import Routes
 

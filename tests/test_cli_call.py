@@ -12,7 +12,7 @@ from aiohttp import web
 
 from callstate.cli import main
 from engine import events as ev
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,6 +17,7 @@ import pytest
 
 from adapters.audio import load_fixture
 from engine.events import (
+    FRAME_BYTES,
     Input,
     LlmDone,
     LlmError,
@@ -30,8 +31,6 @@ from engine.events import (
 from tests.test_groq import LOOKUP  # the tool the fake-based tests call
 
 pytestmark = pytest.mark.live
-
-FRAME = 160
 
 
 def need(*names: str) -> dict[str, str]:
@@ -54,8 +53,8 @@ async def test_deepgram_transcribes_the_committed_speech_fixture() -> None:
     events: list[Input] = []
     await session.start(events.append)
     audio = load_fixture("shipment_1") + b"\xff" * 8000  # and a second of silence
-    for i in range(0, len(audio), FRAME):
-        await session.send_audio(audio[i:i + FRAME])
+    for i in range(0, len(audio), FRAME_BYTES):
+        await session.send_audio(audio[i:i + FRAME_BYTES])
         await asyncio.sleep(0.02)  # real time: what a phone line sends
     await session.speech_stopped()
     await asyncio.sleep(1.5)
@@ -77,7 +76,7 @@ async def test_aura_speaks_mulaw_8k_line_after_line_over_one_socket() -> None:
         sizes = []
         for i, text in enumerate(["Your shipment is on time.", "Anything else?"]):
             chunks = [c async for c in tts.synthesize(Speak(t_ms=0, seq=i, text=text))]
-            assert chunks and all(len(c) % FRAME == 0 for c in chunks)
+            assert chunks and all(len(c) % FRAME_BYTES == 0 for c in chunks)
             audio = b"".join(chunks)
             assert len(set(audio)) > 16  # speech, not a constant (silence is 0xFF)
             sizes.append(len(audio))

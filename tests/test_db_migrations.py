@@ -10,9 +10,10 @@ import psycopg
 import pytest
 
 from callstate.cli import main
-from engine.pgstore import MIGRATIONS, PgStore, upgrade
-from engine.sqlitestore import SQLITE_MIGRATIONS, SqliteStore
-from engine.store import StoreError, open_store
+from engine.store import StoreError
+from logstore import open_store
+from logstore.postgres import MIGRATIONS, PgStore, upgrade
+from logstore.sqlite import SQLITE_MIGRATIONS, SqliteStore
 from tests.test_store import EVENTS, T0, write_call
 
 V1_ROWS = [  # what a version-1 writer left: one ended call, one open call with no owner column at all

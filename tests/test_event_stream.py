@@ -4,14 +4,14 @@ call runs on host B and is watched through host A (LISTEN/NOTIFY); with SQLite t
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from callstate.simcaller import SimCaller
-from engine.store import open_store
+from logstore import open_store
+from tests.helpers import read_sse
 from tests.test_multihost import call_lines, engine_serve, until
 
 KEY = "k-test-0123456789"  # CALLSTATE_API_KEY: the bearer key readers of the stream present
@@ -20,23 +20,9 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 async def read_stream(url: str, headers: dict[str, str], seen_live: asyncio.Event) -> list[dict]:
     """Every event of the stream until its `end`; sets seen_live at the first one."""
-    out: list[dict] = []
     async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-        event, data = "message", ""
-        async for raw in r.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-            elif line == "":
-                if event == "end":
-                    return out
-                out.append(json.loads(data))
-                seen_live.set()
-                event, data = "message", ""
-    raise AssertionError("the stream closed without `end`")
+        return (await read_sse(r, on_envelope=seen_live.set))[0]
 
 
 async def watch_a_call(watch_port: int, call_port: int, db: str, index: int) -> None:
@@ -58,6 +44,10 @@ async def watch_a_call(watch_port: int, call_port: int, db: str, index: int) -> 
         assert not task.done()  # the first events arrived while the call was still going on
         events = await asyncio.wait_for(stream, 60)
         await task
+        # the stream's `end` comes when the call's end is handed to the server's log writer; this reader
+        # sees the rows once that thread has written them
+        await until(lambda: any(c.call_id == call_id and c.status != "open" for c in reader.list_calls()),
+                    "the call's end is written")
         logged = reader.load_records(call_id)
         assert events == logged  # every event once, in seq order, as the store keeps it
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

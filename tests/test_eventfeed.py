@@ -14,7 +14,8 @@ from callstate.phoneauth import PhoneTokens
 from callstate.providers import build_providers
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
+from tests.helpers import read_sse
 
 FLOW = resolve_flow(str(Path(__file__).parent / "data" / "local_call.yaml"))
 KEY = "test-api-key"
@@ -40,25 +41,6 @@ class Live:
     def caller(self, query: str = "") -> SimCaller:
         lines = [CallerLine(audio=load_fixture("shipment_1"), gap_ms=300), CallerLine(hangup=True, gap_ms=300)]
         return SimCaller(f"ws://127.0.0.1:{self.port}/media{query}", lines=lines, timeout_s=30)
-
-
-async def read_sse(resp: aiohttp.ClientResponse) -> tuple[list[dict], list[str]]:
-    """(envelopes, SSE ids) until the `end` event."""
-    envelopes, ids, event, data, sid = [], [], "", "", ""
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("id: "):
-            sid = line[4:]
-        elif line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            data = line[6:]
-        elif line == "":
-            if event == "end":
-                return envelopes, ids
-            envelopes.append(json.loads(data))
-            ids.append(sid)
-    raise AssertionError("the stream closed without an end event")
 
 
 async def test_stream_follows_a_live_call_and_equals_the_log(tmp_path: Path) -> None:
@@ -203,7 +185,7 @@ def test_phone_beyond_loopback_warns(tmp_path: Path) -> None:
 async def test_local_feed_has_no_gap_and_no_repeat_between_backlog_and_live() -> None:
     from callstate.eventfeed import LocalFeed
     from engine import events as ev
-    from engine.sqlitestore import MemoryStore
+    from logstore.memory import MemoryStore
 
     store = MemoryStore()
     store.open_call("c", started_at="2026-12-02T00:00:00+00:00", flow="f")
@@ -233,7 +215,7 @@ async def test_the_stream_masks_secrets_as_the_log_does() -> None:
     from callstate.eventfeed import LocalFeed
     from engine import events as ev
     from engine.redact import Redactor
-    from engine.sqlitestore import MemoryStore
+    from logstore.memory import MemoryStore
 
     store = MemoryStore()
     store.redact = Redactor(["sk-live-123456"])

@@ -8,7 +8,7 @@ import pytest
 
 from callstate.cli import main
 from engine import events as ev
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "adapters", "replay", "sim", "callstate")
+PACKAGES = ("engine", "logstore", "adapters", "replay", "sim", "callstate")
 
 
 def imports(path: Path) -> set[str]:
@@ -70,6 +70,32 @@ def test_the_machines_modules_stay_small() -> None:
 
 def test_no_engine_module_is_large() -> None:
     """Issue 12: no engine module over ~400 lines (the store's backends and the live call's parts are split
-    out: engine/sqlitestore.py, engine/pgstore.py, engine/liveparts.py)."""
+    out: logstore/sqlite.py, logstore/postgres.py, engine/liveparts.py)."""
     sizes = {p.stem: len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "engine").glob("*.py")}
     assert {m: n for m, n in sizes.items() if n > 430} == {}
+
+
+#: What only the I/O edges of engine/ may import: a clock, threads, sockets, files by descriptor, databases.
+IO_MODULES = {"time", "threading", "socket", "select", "selectors", "subprocess", "fcntl", "uuid", "sqlite3",
+              "sqlite_utils", "psycopg", "psycopg_pool", "aiohttp", "httpx", "urllib", "http"}
+
+
+def test_the_core_reads_no_clock_and_opens_no_socket() -> None:
+    """engine/ is a pure function of its events; only runtime.py (the live loop) and store.py (the log's
+    interface) touch the world. The log's backends and writer thread live in logstore/."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "engine").glob("*.py")):
+        if path.stem in ("runtime", "store"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        if names & IO_MODULES:
+            found[path.stem] = sorted(names & IO_MODULES)
+    assert found == {}
+
+
+def test_logstore_builds_on_the_engine_only() -> None:
+    bad = {m: sorted(i for i in deps if i.split(".")[0] not in ("engine", "logstore"))
+           for m, deps in modules("logstore").items()}
+    assert {m: deps for m, deps in bad.items() if deps} == {}

@@ -20,7 +20,7 @@ from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine import events as ev
 from engine.flow import Flow
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
 from replay import invariants
 from replay.reproduce import reproduce
 from replay.turns import steps
@@ -199,10 +199,11 @@ def test_kill_9_keeps_every_flushed_turn_and_marks_the_call_abandoned(tmp_path: 
 
 
 def test_a_timer_run_early_by_the_loop_is_stamped_at_its_due_time_and_stamps_never_go_back() -> None:
-    """uvloop runs timers on a millisecond grid: one can run at 699.x ms for a due time of 700 (the soak's
-    "filler 699 ms into the turn"). The record must say 700, and nothing after it may say less."""
+    """uvloop's clock is whole milliseconds held in floats: a timer due at 700 runs when the loop's time minus
+    the call's start is 0.69999.. s (the soak's "filler 699 ms into the turn"). The record must say 700, and
+    nothing after it may say less."""
     from engine.runtime import LiveCall
-    from engine.sqlitestore import MemoryStore
+    from logstore.memory import MemoryStore
 
     class Phone:
         async def send_audio(self, b: bytes) -> None: ...
@@ -218,7 +219,11 @@ def test_a_timer_run_early_by_the_loop_is_stamped_at_its_due_time_and_stamps_nev
         call = LiveCall(call_id="c", flow=flow, providers=build_providers(flow, {}), phone=Phone(), store=store,
                         seed=1, params={})
         call.main.cancel()  # only the stamping is under test: nothing consumes the inbox
-        call.t0 = call.loop.time() - 0.6995  # the loop says 699.5 ms
+        class Loop:  # the values the soak met: (854772.304 - 854771.604) * 1000 = 699.99999..
+            def time(self) -> float:
+                return 854772.304
+
+        call.loop, call.t0 = Loop(), 854771.604  # type: ignore[assignment]
         call._timer_fired(ev.SetTimer(t_ms=0, seq=9, name="filler", at_ms=700))
         call.emit(ev.Dtmf(t_ms=0, digit="1"))
         out = []

@@ -14,8 +14,8 @@ import pytest
 from callstate.cli import main
 from engine.codec import to_record
 from engine.events import SCHEMA_VERSION, CallStarted, Message, StartLlm, Transcript
-from engine.sqlitestore import SqliteStore
 from engine.store import Store, StoreError
+from logstore.sqlite import SqliteStore
 from tests.callhelper import BARGE_AND_TOOL, make_call
 from tests.test_check import sql as raw
 from tests.test_store import T0

@@ -19,7 +19,7 @@ from adapters.audio import load_fixture
 from callstate.cli import main
 from callstate.simcaller import CallerLine, SimCaller
 from engine import events as ev
-from engine.store import open_store
+from logstore import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_FLOW = ROOT / "tests/data/local_call.yaml"

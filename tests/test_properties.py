@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from engine import events as ev
 from engine.flow import Flow, ScriptedReply
 from engine.machine import CallMachine
-from engine.sqlitestore import MemoryStore
+from logstore.memory import MemoryStore
 from replay import invariants
 from replay.reproduce import reproduce
 from replay.turns import steps

@@ -9,7 +9,7 @@ from callstate.flows import load_flow
 from callstate.providers import build_providers
 from engine import events as ev
 from engine.runtime import LiveCall
-from engine.sqlitestore import MemoryStore
+from logstore.memory import MemoryStore
 from replay.reproduce import reproduce
 
 LOCAL_FLOW = Path(__file__).resolve().parent / "data" / "local_call.yaml"

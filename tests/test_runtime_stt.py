@@ -12,7 +12,7 @@ from engine import events as ev
 from engine.events import FRAME_BYTES
 from engine.flowload import load_flow
 from engine.runtime import LiveCall
-from engine.sqlitestore import MemoryStore
+from logstore.memory import MemoryStore
 from tests.fakes.base import wait_for
 
 START_AT, STOP_AT, FRAMES = 5, 17, 30  # the VAD double's decisions, by frame index

@@ -18,7 +18,7 @@ from callstate.providers import build_providers, missing_keys
 from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller
 from engine import events as ev
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
 from replay.reproduce import reproduce
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""engine/store.py and engine/pgstore.py: the append-only log. One conformance suite runs against every
+"""engine/store.py and logstore/postgres.py: the append-only log. One conformance suite runs against every
 backend (SQLite, PostgreSQL, memory); corruption is made with raw SQL, as a disk or a hand would."""
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from engine.events import (
     ToolSpec,
     Transcript,
 )
-from engine.sqlitestore import MemoryStore, SqliteStore
-from engine.store import CallRow, Store, StoreError, open_store
+from engine.store import CallRow, Store, StoreError
+from logstore import open_store
+from logstore.memory import MemoryStore
+from logstore.sqlite import SqliteStore
+from logstore.writer import LogWriter
 
 T0 = "2025-06-01T10:00:00+00:00"
 EVENTS = [
@@ -204,7 +207,7 @@ def test_one_claim_per_log_and_the_refusal_names_the_holder(db_path: Path) -> No
 
 def test_the_writer_thread_keeps_order_and_reads_see_queued_writes(db_path: Path) -> None:
     store = SqliteStore(db_path)
-    store.start_writer("test")
+    store.start_writer(LogWriter("test"))
     write_call(store, "c1")
     write_call(store, "c2", close=False)
     assert store.load("c1") == EVENTS and store.load("c2") == EVENTS
@@ -216,7 +219,7 @@ def test_the_writer_thread_keeps_order_and_reads_see_queued_writes(db_path: Path
 def test_a_locked_database_is_retried_not_dropped(db_path: Path) -> None:
     store = SqliteStore(db_path)
     store._db.conn.execute("PRAGMA busy_timeout = 10")
-    writer = store.start_writer("test", stall_log_s=0.0)
+    writer = store.start_writer(LogWriter("test", stall_log_s=0.0))
     other = sqlite3.connect(db_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     write_call(store, "c1")
@@ -378,7 +381,7 @@ def test_a_missing_file_or_another_apps_db_is_refused_by_a_reader(tmp_path: Path
 
 
 def test_a_turn_sized_flush_round_trips(store: Store) -> None:
-    """Big enough for PostgreSQL's COPY path (engine/pgstore.py COPY_FROM), small ones take INSERT."""
+    """Big enough for PostgreSQL's COPY path (logstore/postgres.py COPY_FROM), small ones take INSERT."""
     store.open_call("c1", started_at=T0, flow="demo")
     events = [Dtmf(t_ms=i, seq=i, digit=str(i % 10)) for i in range(1, 101)]
     for e in events[:5]:

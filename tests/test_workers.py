@@ -19,7 +19,7 @@ import pytest
 from callstate.cli import main
 from callstate.simcaller import SimCaller
 from callstate.workers import merge
-from engine.store import open_store
+from logstore import open_store
 from tests.test_multihost import LOCAL_FLOW, ROOT, call_lines
 
 CALLS = 6

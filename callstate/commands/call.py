@@ -14,7 +14,8 @@ from callstate.logs import DB_HELP, DEFAULT_DB, where
 from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
 from engine.events import CallTool, ToolResult
-from engine.store import StoreError, open_store
+from engine.store import StoreError
+from logstore import open_store
 from replay.timeline import tool_failure
 from replay.words import plural
 from sim.offline import OfflineCall, OfflineResult

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from callstate.logs import DB_HELP, DEFAULT_DB, where
-from engine.sqlitestore import SQLITE_MIGRATIONS, SqliteStore
-from engine.store import StoreError, is_postgres
+from engine.store import StoreError
+from logstore import is_postgres
+from logstore.sqlite import SQLITE_MIGRATIONS, SqliteStore
 
 HELP = "manage the call log's tables: `engine db upgrade` applies pending schema migrations"
 
@@ -35,7 +36,7 @@ def _sqlite_version(path: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         if is_postgres(args.db):
-            from engine.pgstore import MIGRATIONS, current_version, upgrade
+            from logstore.postgres import MIGRATIONS, current_version, upgrade
 
             latest = len(MIGRATIONS)
             before, after = upgrade(args.db) if args.action == "upgrade" else (current_version(args.db),) * 2

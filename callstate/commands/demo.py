@@ -35,7 +35,8 @@ async def _demo(db: str) -> int:
     from callstate.simcaller import CallerLine, SimCaller
     from engine import events as ev
     from engine.runtime import LiveCall
-    from engine.store import DEFAULT_LEASE_S, StoreError, is_postgres, new_owner_id, open_store
+    from engine.store import DEFAULT_LEASE_S, StoreError, new_owner_id
+    from logstore import is_postgres, open_store
     from replay.reproduce import reproduce
 
     class DemoServer(Server):

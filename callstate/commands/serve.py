@@ -145,7 +145,8 @@ async def _serve(args: argparse.Namespace, flow) -> int:  # type: ignore[no-unty
     from adapters.twilio import TwilioRest
     from callstate.lease import LeaseKeeper
     from callstate.server import Server, start
-    from engine.store import new_owner_id, open_store
+    from engine.store import new_owner_id
+    from logstore import open_store
 
     token = os.environ.get("TWILIO_AUTH_TOKEN") or None
     shared_key = os.environ.get("TWILIO_WEBHOOK_SHARED_KEY") or None  # Webhook Rules: HMAC-SHA256

@@ -31,7 +31,7 @@ from callstate.server import Server, start
 from callstate.simcaller import CallerLine, SimCaller, SimResult
 from engine import events as ev
 from engine.flow import Flow
-from engine.sqlitestore import SqliteStore
+from logstore.sqlite import SqliteStore
 from tests.fakes.base import FakeServer
 from tests.fakes.deepgram_listen import DeepgramListenFake, Lines, ListenFaults
 from tests.fakes.deepgram_speak import DeepgramSpeakFake, SpeakFaults

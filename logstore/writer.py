@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.store import StoreBusy
+
 log = logging.getLogger("callstate.log")
 
 MAX_EVENTS = 200_000  # ~100 MB of queued rows at worst; a busy server writes a few thousand a second
@@ -34,8 +36,8 @@ class WriterStats:
 
 
 class LogWriter:
-    def __init__(self, name: str, *, retry_on: type[Exception], max_events: int = MAX_EVENTS, stall_log_s: float = 1.0,
-                 repeat_log_s: float = 10.0, retry_max_s: float = 1.0) -> None:
+    def __init__(self, name: str, *, retry_on: type[Exception] = StoreBusy, max_events: int = MAX_EVENTS,
+                 stall_log_s: float = 1.0, repeat_log_s: float = 10.0, retry_max_s: float = 1.0) -> None:
         self.name, self.max_events, self.retry_on = name, max_events, retry_on
         self.stall_log_s, self.repeat_log_s, self.retry_max_s = stall_log_s, repeat_log_s, retry_max_s
         self.stats = WriterStats()
