@@ -117,10 +117,6 @@ class LocalFeed:
         last = flushed[-1]["seq"] if flushed else 0
         return flushed + [r for r in tail if r["seq"] > last], ended
 
-    def close(self) -> None:
-        with contextlib.suppress(ValueError):
-            self.store.listeners.remove(self._appended)
-
 
 def _sse(record: Record) -> bytes:
     data = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
@@ -159,6 +155,8 @@ async def stream(request: web.Request, feed: Feed, call_id: str) -> web.StreamRe
                 if record["seq"] > last:
                     await resp.write(_sse(record))
                     last = record["seq"]
+            if getattr(sub, "overflowed", False):
+                return resp  # cut off as too slow, not ended: no `end`, so EventSource resumes (Last-Event-ID)
         await resp.write(b"event: end\ndata: {}\n\n")
         return resp
     finally:

@@ -23,7 +23,6 @@ class LeaseKeeper:
         self._open, self.lease_s = open_store, lease_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-        self.swept: list[str] = []  # calls this keeper marked abandoned (for the log and for tests)
 
     def start(self) -> None:
         self._thread.start()
@@ -39,7 +38,6 @@ class LeaseKeeper:
                     log.warning("lease renewal failed (%s); retrying", exc)
                     ended = []
                 if ended:
-                    self.swept.extend(ended)
                     log.warning("%d call(s) whose owner's lease lapsed marked abandoned: %s", len(ended),
                                 ", ".join(ended[:10]))
                 if self._stop.wait(self.lease_s / 3):

@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from engine.flow import Flow
 
 _CREDENTIAL = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|AUTH|CREDENTIAL)", re.I)
-
-
-def logged_flow(flow: Flow) -> dict[str, Any]:
-    """The flow as stored in each call's meta: values from the environment masked (as ``${VAR}``)."""
-    return flow.log_record()
 
 
 def secret_values(environ: Mapping[str, str], flow_env_values: Iterable[str] = ()) -> list[str]:

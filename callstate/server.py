@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import os
 import random
@@ -12,19 +14,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from yarl import URL
 
 from adapters.twilio import CallRefused, StreamLimits
 from callstate.eventfeed import LocalFeed, PgFeed, stream
 from callstate.guard import ConnectionGuard
 from callstate.metrics import Metrics, TurnClock
 from callstate.phoneauth import Access, PhoneTokens
-from callstate.secrets import logged_flow, replay_risks, secret_values
+from callstate.secrets import replay_risks, secret_values
 from engine import events as ev
 from engine.flow import Flow
 from engine.liveparts import CallLimits, Providers
 from engine.redact import Redactor
 from engine.runtime import LiveCall
-from engine.states import CallState
 from engine.store import Store, StoreError
 from logstore import is_postgres
 from logstore.writer import LogWriter
@@ -92,7 +95,7 @@ class Server:
         self.rng = random.SystemRandom()
         # The flow as the log keeps it: every value that came from the environment masked; and every secret
         # value masked in whatever else the log or the console gets (issue 11)
-        self.flow_record = logged_flow(flow)
+        self.flow_record = flow.log_record()
         self.redact = Redactor(secret_values(os.environ if environ is None else environ, flow.env_values()))
         store.redact = self.redact
         for path in replay_risks(flow):
@@ -139,7 +142,7 @@ class Server:
 
     def _on_step(self, call: LiveCall, event: ev.Input, effects: list[ev.Effect], before: str, us: int) -> None:
         self.metrics.observe_step(event, effects, us)
-        if before == CallState.LISTENING and call.machine.view.state == CallState.THINKING:
+        if any(isinstance(x, ev.Respond) for x in effects):  # a turn as replay/turns.py counts one
             self.metrics.turns += 1
         v2v = self.clocks[call.call_id].observe(event, effects, before, call.machine.view.state)
         if v2v is not None:
@@ -194,9 +197,24 @@ class Server:
         # process makes the log wait, never the calls (issue 11).
         self.store.start_writer(LogWriter(str(getattr(self.store, "path", "log"))))
 
+    def _page_host_ok(self, request: web.Request) -> bool:
+        """DNS rebinding: a web page at attacker.example whose name resolves to 127.0.0.1 would load /phone and
+        take its token. A real visitor names the server by an IP, localhost, or the --public-url host."""
+        host = (request.url.host or "").strip("[]").lower()
+        if host == "localhost" or (self.public_url and host == (URL(self.public_url).host or "").lower()):
+            return True
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+
     async def _phone_page(self, request: web.Request) -> web.Response:
         from callstate.phone import render_page
 
+        if not self._page_host_ok(request):
+            raise web.HTTPForbidden(text="the phone page answers only to an IP address, localhost or the "
+                                         "--public-url host\n")
         assert self.access.tokens is not None
         page = render_page(token=self.access.tokens.mint(), flow=self.flow.name)
         return web.Response(text=page, content_type="text/html", charset="utf-8",
@@ -207,7 +225,15 @@ class Server:
         call_id = request.match_info["call_id"]
         if self.feed is None:
             self.feed = LocalFeed(self.store)
-        if self.store.is_open_here(call_id) or self.db is None or not is_postgres(self.db):
+        shared = self.db is not None and is_postgres(self.db)
+        if not shared and self.worker_dir is not None and not self.store.is_open_here(call_id):
+            # one SQLite log, several workers: a call live on a sibling has no feed here; the client's retry
+            # may land on the worker that runs it (an ended call streams from the log, from any worker)
+            with contextlib.suppress(StoreError):
+                if not (await asyncio.to_thread(self.store.load_since, call_id, 0))[1]:
+                    raise web.HTTPServiceUnavailable(text=f"call {call_id!r} runs on another worker; retry\n",
+                                                     headers={"Retry-After": "1"})
+        if self.store.is_open_here(call_id) or not shared:
             return await stream(request, self.feed, call_id)  # live here: every event as it is appended
         if self.pg_feed is None:  # a call of another host (or ended): the shared log, woken by NOTIFY
             self.pg_feed = PgFeed(self.db)
@@ -293,6 +319,13 @@ def _active(metrics_text: str) -> int:
     return 0
 
 
+class PathOnlyAccessLog(AbstractAccessLogger):
+    """aiohttp's access log without the query string: phone tokens and stream positions ride there."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info("%s %s %s %.1f ms", request.method, request.path, response.status, time * 1000)
+
+
 async def start(server: Server, host: str = "127.0.0.1", port: int = 0,
                 reuse_port: bool = False) -> tuple[web.AppRunner, int]:
     """Serve on host:port (0: any free port); returns the runner and the port actually bound.
@@ -300,7 +333,7 @@ async def start(server: Server, host: str = "127.0.0.1", port: int = 0,
     connections across them; a worker's own metrics then also go on its Unix socket."""
     # shutdown_timeout: how long aiohttp waits for handlers once our own shutdown has ended the calls
     runner = web.AppRunner(server.app(), handle_signals=False, keepalive_timeout=server.limits.keepalive_s,
-                           shutdown_timeout=10.0)
+                           shutdown_timeout=10.0, access_log_class=PathOnlyAccessLog)
     await runner.setup()
     assert runner.server is not None
     server.guard.install(runner.server)

@@ -32,6 +32,16 @@ from engine.store import (
 _TRANSIENT = {10, 6, 5, 13}
 _SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # unix seconds by SQLite's clock
 
+def sqlite_version(conn: sqlite3.Connection) -> int:
+    """The version of a log's tables: PRAGMA user_version, or 1 for a log from before versioned migrations
+    (the first version's tables, unnumbered)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
+                                     "('calls', 'events')").fetchone()[0]:
+        return 1
+    return version
+
+
 #: The log's tables, version by version (PRAGMA user_version = how many have run). Never edit a shipped
 #: entry: add one. The PostgreSQL log has the same versions (logstore/postgres.py).
 SQLITE_MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -90,9 +100,7 @@ class SqliteStore(Store):
         # NORMAL in WAL: no fsync per commit, so a per-turn flush stays cheap; a process crash loses nothing
         # committed, a power loss may lose the last commits (https://sqlite.org/pragma.html#pragma_synchronous).
         db.execute("PRAGMA synchronous=NORMAL")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and (db["calls"].exists() or db["events"].exists()):
-            version = 1  # a log from before versioned migrations: the first version's tables
+        version = sqlite_version(db.conn)
         if version > len(SQLITE_MIGRATIONS):
             raise StoreError(f"{self.path}: the log's tables are version {version}; this engine knows "
                              f"{len(SQLITE_MIGRATIONS)} and older (upgrade callstate)")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from adapters.audio import load_fixture
 from callstate.flows import resolve_flow
@@ -230,3 +232,26 @@ async def test_the_stream_masks_secrets_as_the_log_does() -> None:
     logged = store.load_records("c")
     assert tail == live == logged
     assert "sk-live" not in json.dumps(live) and "***" in live[0]["data"]["detail"]
+
+
+async def test_the_phone_page_refuses_a_rebound_host_name(tmp_path: Path) -> None:
+    """DNS rebinding: a page at attacker.example whose name resolves to 127.0.0.1 must not get a token."""
+    async with Live(tmp_path, phone=True, public_url="https://agent.example.com") as live:
+        for host, status in (("attacker.example", 403), (f"127.0.0.1:{live.port}", 200),
+                             (f"localhost:{live.port}", 200), ("agent.example.com", 200)):
+            async with live.http.get(f"{live.base}/phone", headers={"Host": host}) as resp:
+                assert resp.status == status, host
+                assert (status == 200) == ("phone-token" in await resp.text())
+
+
+async def test_the_access_log_never_shows_a_phone_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    async with Live(tmp_path, phone=True) as live:
+        async with live.http.get(f"{live.base}/phone") as resp:
+            page = await resp.text()
+        token = page.split('name="phone-token" content="', 1)[1].split('"', 1)[0]
+        async with live.http.get(f"{live.base}/calls/nope/events?token={token}") as resp:
+            assert resp.status == 404
+        lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+        assert any("/calls/nope/events 404" in line for line in lines)
+        assert not [line for line in lines if token in line]

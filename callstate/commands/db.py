@@ -10,7 +10,7 @@ from pathlib import Path
 from callstate.logs import DB_HELP, DEFAULT_DB, where
 from engine.store import StoreError
 from logstore import is_postgres
-from logstore.sqlite import SQLITE_MIGRATIONS, SqliteStore
+from logstore.sqlite import SQLITE_MIGRATIONS, SqliteStore, sqlite_version
 
 HELP = "manage the call log's tables: `engine db upgrade` applies pending schema migrations"
 
@@ -24,9 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _sqlite_version(path: str) -> int:
     conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'calls'").fetchone()[0]
-        return int(version) or (1 if has_tables else 0)
+        return sqlite_version(conn)
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot read ({exc})") from None
     finally:

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 
-from callstate.logs import DB_HELP, DEFAULT_DB
+from callstate.logs import DB_HELP, DEFAULT_DB, where
 
 HELP = "run a simulated shipment-status phone call end to end (offline), then replay and summarise it"
 
@@ -100,14 +100,15 @@ async def _demo(db: str) -> int:
     ended = [e for e in events if isinstance(e, ev.CallEnded)]
     if ended:
         _say("\n".join(step_lines(ended[-1], [], "", "", outcome=row.outcome or row.status)))
-    _say(f"\ncall {call_id}: {time.monotonic() - began:.1f} s of phone time, {len(events)} events logged to {db}\n")
+    _say(f"\ncall {call_id}: {time.monotonic() - began:.1f} s of phone time, {len(events)} events logged to "
+         f"{where(db)}\n")
     _say("\n".join(turn_table(turns(flow, events))))
     result = reproduce(flow, events, call_id=call_id)
     print()
     if result.divergence is not None:
         print(result.divergence.describe(call_id))
         return 1
-    print(f"engine replay {call_id} --db {db}: reproduced {result.events} events, every effect identical")
+    print(f"engine replay {call_id} --db {where(db)}: reproduced {result.events} events, every effect identical")
     return 0
 
 

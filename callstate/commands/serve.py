@@ -105,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
     flow = choose_providers(args, keyless=getattr(args, "keyless", False))
     if flow is None:
         return 1
-    for line in refusals(flow, os.environ):
+    refused = refusals(flow, os.environ)
+    for line in refused:
         print(f"error: {line}", file=sys.stderr)
-    if refusals(flow, os.environ):
+    if refused:
         return 1
     missing = missing_keys(flow, os.environ)
     if missing:
