@@ -223,9 +223,7 @@ class Store(ABC):
             raise StoreError(f"open_call({call_id!r}): the call is already open in this store")
         lease = not self._leased  # a writer without a keeper (engine call, demo) still owns what it opens
         self._leased = True
-        meta = meta or {}
-        if self.redact:
-            meta = json.loads(self.redact(json.dumps(meta)))
+        meta = self._masked(meta or {})
 
         def insert() -> None:  # on the writer thread when there is one: a locked log never blocks the caller
             if lease:
@@ -259,11 +257,15 @@ class Store(ABC):
         ``meta`` adds keys to the call's meta (measures known only at the end, like engine time)."""
         if call_id not in self._next_seq:
             raise StoreError(f"close_call({call_id!r}): the call is not open in this store")
-        self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, meta or {}))
+        self._commit((call_id, outcome, ended_t_ms, turns, self._next_seq[call_id] - 1, self._masked(meta or {})))
         del self._next_seq[call_id]
         self._llm_prev.pop(call_id, None)
         for listener in self.listeners:
             listener(call_id, None)
+
+    def _masked(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """A call's meta as the log may keep it: every known secret masked (at open and at close alike)."""
+        return json.loads(self.redact(json.dumps(meta))) if self.redact and meta else meta
 
     def is_open_here(self, call_id: str) -> bool:
         """The call is live in this store (appends to it still come)."""
@@ -351,8 +353,10 @@ class Store(ABC):
     def release_lease(self) -> None:
         """Give the lease up (clean shutdown): what this owner left open is abandoned by the next sweep."""
 
-    @abstractmethod
-    def claim(self, holder: str) -> None: ...
+    def claim(self, holder: str) -> None:
+        """Make this server the log's one live writer (SQLite overrides it). A shared log (PostgreSQL) or one
+        in memory needs no claim: leases keep servers' calls apart."""
+        return None
 
     @abstractmethod
     def mark_abandoned(self) -> list[str]:

@@ -53,9 +53,6 @@ class MemoryStore(Store):
     def release_lease(self) -> None:
         self.instances.pop(self.owner, None)
 
-    def claim(self, holder: str) -> None:
-        self.holder = holder  # a MemoryStore lives in one process: nobody else can write it
-
     def mark_abandoned(self) -> list[str]:
         ids, now = [], time.monotonic()
         for call_id, call in sorted(self.calls.items(), key=lambda kv: (kv[1]["started_at"], kv[0])):

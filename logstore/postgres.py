@@ -17,7 +17,7 @@ flush is one transaction), plus what sharing needs:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,9 +72,19 @@ def schema_version(conn: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
+def _checked(url: str) -> str:
+    """The URL, once the driver can parse it: a parse error quotes the URL's text, password included, so
+    it is replaced by a line that quotes nothing."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error:
+        raise StoreError(f"{display_url(url)}: not a valid postgresql:// URL") from None
+    return url
+
+
 def current_version(url: str) -> int:
     try:
-        with psycopg.connect(url, connect_timeout=5) as conn:
+        with psycopg.connect(_checked(url), connect_timeout=5) as conn:
             return schema_version(conn)
     except psycopg.Error as exc:
         raise StoreError(f"{display_url(url)}: {_first_line(exc)}") from None
@@ -85,7 +95,7 @@ def upgrade(url: str, *, to: int | None = None) -> tuple[int, int]:
     target = len(MIGRATIONS) if to is None else to
     where = display_url(url)
     try:
-        with psycopg.connect(url, connect_timeout=5) as conn:
+        with psycopg.connect(_checked(url), connect_timeout=5) as conn:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))  # two hosts upgrading at once
                 before = schema_version(conn)
@@ -103,6 +113,13 @@ def upgrade(url: str, *, to: int | None = None) -> tuple[int, int]:
         raise StoreError(f"{where}: upgrade failed: {_first_line(exc)}") from None
 
 
+def _notify(conn: psycopg.Connection[Any], payloads: list[str]) -> None:
+    """One round trip for every call's NOTIFY; delivered at commit, in this order, to every listener."""
+    if payloads:
+        conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, n) ORDER BY n",
+                     (CHANNEL, payloads))
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -114,7 +131,7 @@ class PgStore(Store):
         super().__init__(owner=owner)
         self.url, self.where, self.readonly = url, display_url(url), readonly
         try:  # one plain connection first: a wrong URL or a stopped server is one clear line, at once
-            with psycopg.connect(url, connect_timeout=5) as conn:
+            with psycopg.connect(_checked(url), connect_timeout=5) as conn:
                 version = schema_version(conn)
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: cannot connect ({_first_line(exc)})") from None
@@ -147,13 +164,19 @@ class PgStore(Store):
     # ------------------------------------------------------------------------------ plumbing
 
     @contextmanager
-    def _conn(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in one transaction (committed on exit); driver errors become StoreErrors."""
+    def _conn(self, what: str, conflict: Callable[[], str] | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in one transaction (committed on exit); driver errors become StoreErrors, as
+        SQLite's ``_tx`` makes them: no connection or a server restarting is StoreBusy (the writer retries
+        it); a duplicate key is ``conflict()``'s message (run once the connection is back in the pool)."""
         try:
             with self._pool.connection(timeout=10) as conn:
                 yield conn
         except PoolTimeout:
-            raise StoreError(f"{self.where}: {what}: no database connection within 10 s") from None
+            raise StoreBusy(f"{self.where}: {what}: no database connection within 10 s") from None
+        except psycopg.errors.UniqueViolation as exc:
+            raise StoreError(conflict() if conflict else f"{self.where}: {what}: {_first_line(exc)}") from None
+        except psycopg.OperationalError as exc:  # the server went away or is restarting: try again
+            raise StoreBusy(f"{self.where}: {what}: {_first_line(exc)}") from None
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: {what}: {_first_line(exc)}") from None
 
@@ -169,57 +192,40 @@ class PgStore(Store):
 
     def _insert_call(self, call_id: str, started_at: str, flow: str, meta: dict[str, Any]) -> None:
         self._writable("open_call")
-        try:
-            with self._pool.connection(timeout=10) as conn:
-                conn.execute("INSERT INTO calls (call_id, started_at, flow, schema_version, status, meta, owner) "
-                             "VALUES (%s, %s, %s, %s, 'open', %s, %s)",
-                             (call_id, started_at, flow, SCHEMA_VERSION, Jsonb(meta), self.owner))
-        except psycopg.errors.UniqueViolation:
-            raise StoreError(f"open_call({call_id!r}): already in {self.where}") from None
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreBusy(f"{self.where}: open_call: {_first_line(exc)}") from None
-        except psycopg.Error as exc:
-            raise StoreError(f"{self.where}: open_call: {_first_line(exc)}") from None
+        with self._conn("open_call", lambda: f"open_call({call_id!r}): already in {self.where}") as conn:
+            conn.execute("INSERT INTO calls (call_id, started_at, flow, schema_version, status, meta, owner) "
+                         "VALUES (%s, %s, %s, %s, 'open', %s, %s)",
+                         (call_id, started_at, flow, SCHEMA_VERSION, Jsonb(meta), self.owner))
 
     def _write(self, rows: list[Row], end: End | None) -> set[str]:
         self._writable("flush")
         ids = sorted({row[0] for row in rows} | ({end[0]} if end else set()))
-        try:
-            with self._pool.connection(timeout=10) as conn:
-                # the calls' rows locked: a sweep skips them (SKIP LOCKED) until this commits
-                still_open = {r[0] for r in conn.execute(
-                    "SELECT call_id FROM calls WHERE call_id = ANY(%s) AND status = 'open' ORDER BY call_id "
-                    "FOR NO KEY UPDATE", (ids,))}
-                rows = [row for row in rows if row[0] in still_open]
-                with conn.cursor() as cur:
-                    if len(rows) >= COPY_FROM:  # a turn's batch: one COPY stream (bench/log_store.py: ~3x)
-                        with cur.copy("COPY events (call_id, seq, t_ms, kind, type, data, cause) FROM STDIN") as cp:
-                            for row in rows:
-                                cp.write_row(row)
-                    else:  # a few rows: COPY's own round trips cost more than it saves
-                        cur.executemany("INSERT INTO events (call_id, seq, t_ms, kind, type, data, cause) "
-                                        "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
-                if end is not None:
-                    call_id, outcome, ended_t_ms, turns, last_seq, extra = end
-                    cur2 = conn.execute("UPDATE calls SET status = 'ended', outcome = %s, ended_t_ms = %s, "
-                                        "turns = %s, last_seq = %s, meta = meta || %s WHERE call_id = %s "
-                                        "AND status = 'open'",
-                                        (outcome, ended_t_ms, turns, last_seq, Jsonb(extra), call_id))
-                    if cur2.rowcount != 1:
-                        raise StoreError(f"close_call({call_id!r}): the call is not open in {self.where}")
-                last = {row[0]: str(row[1]) for row in rows}
-                if end is not None:
-                    last[end[0]] = "end"
-                for call_id, what in last.items():  # delivered at commit, in commit order, to every listener
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{call_id} {what}"))
-        except psycopg.errors.UniqueViolation:
-            raise StoreError(self._duplicate(rows)) from None
-        except PoolTimeout:
-            raise StoreBusy(f"{self.where}: flush: no database connection within 10 s") from None
-        except psycopg.OperationalError as exc:  # the server went away or is restarting: try again
-            raise StoreBusy(f"{self.where}: flush: {_first_line(exc)}") from None
-        except psycopg.Error as exc:
-            raise StoreError(f"{self.where}: flush: {_first_line(exc)}") from None
+        with self._conn("flush", lambda: self._duplicate(rows)) as conn:
+            # the calls' rows locked: a sweep skips them (SKIP LOCKED) until this commits
+            still_open = {r[0] for r in conn.execute(
+                "SELECT call_id FROM calls WHERE call_id = ANY(%s) AND status = 'open' ORDER BY call_id "
+                "FOR NO KEY UPDATE", (ids,))}
+            rows = [row for row in rows if row[0] in still_open]
+            with conn.cursor() as cur:
+                if len(rows) >= COPY_FROM:  # a turn's batch: one COPY stream (bench/log_store.py: ~3x)
+                    with cur.copy("COPY events (call_id, seq, t_ms, kind, type, data, cause) FROM STDIN") as cp:
+                        for row in rows:
+                            cp.write_row(row)
+                else:  # a few rows: COPY's own round trips cost more than it saves
+                    cur.executemany("INSERT INTO events (call_id, seq, t_ms, kind, type, data, cause) "
+                                    "VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+            if end is not None:
+                call_id, outcome, ended_t_ms, turns, last_seq, extra = end
+                cur2 = conn.execute("UPDATE calls SET status = 'ended', outcome = %s, ended_t_ms = %s, "
+                                    "turns = %s, last_seq = %s, meta = meta || %s WHERE call_id = %s "
+                                    "AND status = 'open'",
+                                    (outcome, ended_t_ms, turns, last_seq, Jsonb(extra), call_id))
+                if cur2.rowcount != 1:
+                    raise StoreError(f"close_call({call_id!r}): the call is not open in {self.where}")
+            last = {row[0]: str(row[1]) for row in rows}
+            if end is not None:
+                last[end[0]] = "end"
+            _notify(conn, [f"{call_id} {what}" for call_id, what in last.items()])
         return set(ids) - still_open
 
     def _duplicate(self, rows: list[Row]) -> str:
@@ -264,12 +270,13 @@ class PgStore(Store):
                 "ended_t_ms = (SELECT max(t_ms) FROM events e WHERE e.call_id = c.call_id) "
                 f"WHERE c.call_id IN (SELECT call_id FROM calls WHERE {lapsed} FOR UPDATE SKIP LOCKED) "
                 "RETURNING c.call_id, c.started_at", (self.owner,)).fetchall()
-            for call_id, _ in rows:  # its readers on any host learn that nothing more will come
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{call_id} end"))
+            _notify(conn, [f"{call_id} end" for call_id, _ in rows])  # its readers: nothing more will come
         return [call_id for call_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
 
-    def claim(self, holder: str) -> None:
-        self.holder = holder  # shared by design: every server writes it; leases keep their calls apart
+    def call_sids(self) -> list[tuple[str, str]]:
+        # the CallSid alone: not every call's whole meta (its flow record) decoded at a server's start
+        return [(c, s) for c, s in self._query("SELECT call_id, coalesce(meta->>'call_sid', '') FROM calls "
+                                                "ORDER BY started_at, call_id")]
 
     def _list_calls(self, since: str | None) -> list[CallRow]:
         return select_calls(self._query, "%s", since)

@@ -118,6 +118,15 @@ def test_a_url_s_password_never_reaches_an_error(capsys: pytest.CaptureFixture[s
         assert "Traceback" not in out.err
 
 
+def test_an_unparsable_url_s_password_never_reaches_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    url = "postgresql://alice:p%zzhunter2@127.0.0.1:1/nope"  # a bad percent escape: the driver quotes it
+    for argv in (["calls", "--db", url], ["db", "upgrade", "--db", url], ["db", "version", "--db", url]):
+        assert main(argv) == 1
+        out = capsys.readouterr()
+        assert "hunter2" not in out.out + out.err
+        assert "not a valid postgresql:// URL" in out.err and "Traceback" not in out.err
+
+
 def test_a_missing_postgres_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     import tests.conftest as conftest
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -13,7 +14,9 @@ from callstate.flows import FlowError, resolve_flow
 from callstate.logs import DB_HELP, DEFAULT_DB, where
 from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
+from callstate.secrets import secret_values
 from engine.events import CallTool, ToolResult
+from engine.redact import Redactor
 from engine.store import StoreError
 from logstore import open_store
 from replay.timeline import tool_failure
@@ -38,6 +41,7 @@ async def run_offline(flow_path: str | None, script_path: str, db: str, call_id:
     flow = resolve_flow(flow_path or script_flow(script_path, script))
     script = load_script(script_path, flow)  # again, against the flow: the tools it names must exist
     store = open_store(db)
+    store.redact = Redactor(secret_values(os.environ, flow.env_values()))  # as engine serve masks its log
     runner = ToolRunner(flow.tools)
     try:
         store.open_call(call_id, started_at=datetime.now(UTC).isoformat(timespec="seconds"), flow=flow.name,
