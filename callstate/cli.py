@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mod = _load(args.command)
     default = getattr(mod, "LOG_LEVEL", "warning")
+    worker = getattr(args, "worker_dir", None) is not None  # one of `engine serve --workers N`'s processes
     logsetup.configure(logsetup.level_of(args.log_level, args.verbose or 0, args.quiet or 0, default),
-                       args.log_format or "text")
+                       args.log_format or "text", f" [worker {args.worker_index}]" if worker else "")
     try:
         return int(mod.run(args) or 0)
     except KeyboardInterrupt:

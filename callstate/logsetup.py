@@ -40,8 +40,8 @@ def printable(text: str, limit: int = MAX_LINE) -> str:
 class TextFormatter(logging.Formatter):
     """``ts LEVEL logger: message``, the message escaped, cut and with secrets masked."""
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def __init__(self, tag: str = "") -> None:
+        super().__init__(f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = printable(_redact(record.message))
@@ -72,9 +72,10 @@ def level_of(log_level: str | None, verbose: int, quiet: int, default: str) -> i
     return logging.getLevelNamesMapping()[LEVELS[max(0, min(index, len(LEVELS) - 1))].upper()]
 
 
-def configure(level: int, fmt: str = "text") -> None:
+def configure(level: int, fmt: str = "text", tag: str = "") -> None:
+    """``tag``: said after the logger's name on every text line (a worker's ``[worker N]``)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(tag))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_callstate", False)]:  # ours from an earlier main()
         root.removeHandler(old)

@@ -53,19 +53,22 @@ class Metrics:
         for e in effects:
             if isinstance(e, ev.ClearPlayback):
                 self.barge_ins += 1
-        timed_out = (isinstance(event, ev.ProviderNotice) and event.what == "timeout" and event.provider) or \
-            (isinstance(event, ev.LlmError) and "timeout" in event.message and "llm") or \
-            (isinstance(event, ev.ToolResult) and event.error == "timeout" and "tool")
-        if timed_out:  # a provider that stopped answering: counted with the peers cut for idling
-            self.timeouts[timed_out] += 1
+        # a timeout is a provider that stopped answering: counted beside the peers cut for idling
         if isinstance(event, ev.LlmError):
             self.provider_errors["llm"] += 1
+            if "timeout" in event.message:
+                self.timeouts["llm"] += 1
         elif isinstance(event, ev.TtsError):
             self.provider_errors["tts"] += 1
-        elif isinstance(event, ev.ToolResult) and not event.ok:
-            self.provider_errors["tools"] += 1
+        elif isinstance(event, ev.ToolResult):
+            if not event.ok:
+                self.provider_errors["tools"] += 1
+            if event.error == "timeout":
+                self.timeouts["tool"] += 1
         elif isinstance(event, ev.ProviderNotice) and event.what in ("error", "stt_dropped", "retry", "timeout"):
             self.provider_errors[event.provider] += 1
+            if event.what == "timeout" and event.provider:
+                self.timeouts[event.provider] += 1
 
     def render(self, writer: LogWriter | None = None) -> str:
         lines = [

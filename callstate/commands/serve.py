@@ -92,8 +92,6 @@ def worker_count(value: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    tag = f" [worker {args.worker_index}]" if args.worker_dir else ""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
     try:
         workers = worker_count(args.workers)
     except ValueError as exc:
