@@ -105,6 +105,10 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     return at.astimezone(UTC).isoformat(timespec="seconds")
 
 
+def add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+
+
 def add_since(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=parse_since, metavar="WHEN",
                    help="only calls started since WHEN: 2026-11-29, 2026-11-29T14:00Z, today, yesterday, 30m, 2d")

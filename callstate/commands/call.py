@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DB_HELP, DEFAULT_DB, where
+from callstate.logs import add_db, where
 from callstate.providers import stt_options
 from callstate.report import transcript, turn_table, turns
 from callstate.secrets import secret_values
@@ -30,7 +30,7 @@ HELP = "run a scripted call offline, log it to the DB, print transcript and late
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", help="a call script (YAML): caller turns, latencies, canned tools")
     p.add_argument("--flow", help="the flow to run (default: the script's `flow:`, else the built-in one)")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     p.add_argument("--call-id", help="id for the logged call (default: a fresh one)")
 
 

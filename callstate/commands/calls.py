@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DB_HELP, DEFAULT_DB, add_since, open_readonly
+from callstate.logs import add_db, add_since, open_readonly
 from callstate.logsetup import printable
 from engine.store import StoreError
 from replay.words import width
@@ -14,7 +14,7 @@ HELP = "list logged calls (id, start, duration, turns, outcome)"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     add_since(p)
 
 

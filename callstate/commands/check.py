@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DB_HELP, DEFAULT_DB, add_since, is_call_file, load_call, open_readonly, where
+from callstate.logs import add_db, add_since, is_call_file, load_call, open_readonly, where
 from engine.store import StoreError
 from replay.audit import check_log
 from replay.words import plural
@@ -16,7 +16,7 @@ HELP = "reproduce every logged call and check the invariants; exit 1 naming each
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("call_ids", nargs="*", metavar="CALL_ID|FILE.jsonl",
                    help="only these calls, or exported call files (default: every call in the DB)")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     add_since(p)
     p.add_argument("--allow-empty", action="store_true",
                    help="pass when there is no call to check (by default that fails: a gate that checks nothing)")

@@ -7,7 +7,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from callstate.logs import DB_HELP, DEFAULT_DB, where
+from callstate.logs import add_db, where
 from engine.store import StoreError
 from logstore import is_postgres
 from logstore.sqlite import SQLITE_MIGRATIONS, SqliteStore, sqlite_version
@@ -18,7 +18,7 @@ HELP = "manage the call log's tables: `engine db upgrade` applies pending schema
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["upgrade", "version"],
                    help="upgrade: apply pending migrations; version: show the tables' version")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
 
 
 def _sqlite_version(path: str) -> int:

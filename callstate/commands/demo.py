@@ -12,13 +12,13 @@ import sys
 import time
 import uuid
 
-from callstate.logs import DB_HELP, DEFAULT_DB, where
+from callstate.logs import add_db, where
 
 HELP = "run a simulated shipment-status phone call end to end (offline), then replay and summarise it"
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
 
 
 def _say(line: str) -> None:

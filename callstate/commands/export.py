@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from callstate.logs import DB_HELP, DEFAULT_DB, load_call
+from callstate.logs import add_db, load_call
 from engine.store import StoreError
 from replay import callfile
 
@@ -15,7 +15,7 @@ HELP = "write a logged call (flow + events) as JSON Lines, e.g. tests/calls/NAME
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("call_id")
     p.add_argument("out", help="the file to write, e.g. tests/calls/barge_in.jsonl")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DB_HELP, DEFAULT_DB, LoggedCall, load_call
+from callstate.logs import LoggedCall, add_db, load_call
 from engine.store import StoreError
 from replay import html, textview
 from replay.compare import side_by_side
@@ -27,7 +27,7 @@ HELP = "reproduce a logged call; --timeline/--html to show it, --set/--flow for 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("call_id", metavar="CALL_ID|FILE.jsonl", help="a call in the DB, or a file `engine export` wrote")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     p.add_argument("--timeline", action="store_true", help="print a text timeline of the call")
     p.add_argument("--html", metavar="OUT", help="write the call's timeline as one self-contained HTML page")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from adapters.twilio import StreamLimits
 from callstate import eventloop, logsetup
 from callstate.flows import FlowError, resolve_flow
-from callstate.logs import DB_HELP, DEFAULT_DB
+from callstate.logs import add_db
 from callstate.phoneauth import API_KEY_ENV, SECRET_ENV
 from callstate.providers import KINDS, ChoiceError, build_providers, choose, missing_keys, names, refusals
 from callstate.server import Limits
@@ -28,7 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flow", help="the agent's flow (YAML); default: the built-in flow")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     p.add_argument("--public-url", help="the URL Twilio reaches this server at (https://...); default: the "
                    "request's Host (X-Forwarded-Proto/-Host only from a --trusted-proxy)")
     p.add_argument("--insecure-skip-signature", action="store_true",

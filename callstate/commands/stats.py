@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from callstate.logs import DB_HELP, DEFAULT_DB, add_since, load_call, open_readonly
+from callstate.logs import add_db, add_since, load_call, open_readonly
 from engine.machine import EngineMisuse
 from engine.store import StoreError
 from replay.reproduce import reproduce
@@ -17,7 +17,7 @@ HELP = "latency percentiles and turn-taking counts over logged calls (--json for
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     add_since(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from callstate.commands import serve
-from callstate.logs import DB_HELP, DEFAULT_DB
+from callstate.logs import add_db
 
 LOG_LEVEL = "info"  # like serve: one line per call started and ended
 HELP = "talk to a flow from the browser (http://127.0.0.1:PORT/phone); offline unless keys are set"
@@ -19,7 +19,7 @@ HELP = "talk to a flow from the browser (http://127.0.0.1:PORT/phone); offline u
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("flow", nargs="?", help="the agent's flow (YAML); default: the built-in flow")
     p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
-    p.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    add_db(p)
     serve.add_provider_options(p)
 
 
