@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -48,10 +49,10 @@ from adapters.audio import load_fixture  # noqa: E402
 from bench.fakes import API_KEY, DeepgramFake, GroqFake, tag_of  # noqa: E402
 from callstate.simcaller import CallerLine, SimCaller  # noqa: E402
 from engine import events as ev  # noqa: E402
-from engine.store import open_store  # noqa: E402
+from logstore import open_store  # noqa: E402
 
 FIXTURES = ["shipment_1", "shipment_4", "shipment_2", "shipment_3"]
-DATE = "2026-11-29"
+DATE = datetime.date.today().isoformat()  # the day the bench runs (the machine's clock)
 
 
 # ------------------------------------------------------------------------------------------ numbers
@@ -542,7 +543,6 @@ def summary(res: RunResult, profile: Profile, *, added: bool = True) -> list[str
             cols.append(f"{med(xs):.2f}/{pct(xs, 99):.2f}" if xs else "-")
         if cols[0] != "-":
             out.append(f"     {key:<16} {cols[0]:>13} {cols[1]:>15} {cols[2]:>15}   {HOPS[key]}")
-    parts = [r.parts for r in res.rows if r.parts]
     if parts:
         eng = [p["audio_fwd"] + p["final_to_llm"] + p["token_to_tts"] + p["tts_to_caller"] for p in parts]
         fakes = [p["stt_wait"] + p["llm_wait"] + p["tts_wait"] - profile.ideal_ms for p in parts]
